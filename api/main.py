@@ -1,0 +1,35 @@
+"""The FastAPI application: assembles the routers around one controller."""
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from api import errors
+from api.routes import adaptations, health, jobs
+from service.controller import Controller
+from service.settings import Settings
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        controller = Controller(settings)
+        controller.start()
+        app.state.controller = controller
+        yield
+        controller.shutdown()
+
+    app = FastAPI(
+        title="Reptile meta-learning service",
+        version="0.1.0",
+        description="Meta-train with Reptile on Ray, tracked in MLflow; adapt to new tasks.",
+        lifespan=lifespan,
+    )
+    errors.install(app)
+    app.include_router(health.router)
+    app.include_router(jobs.router)
+    app.include_router(adaptations.router)
+    return app

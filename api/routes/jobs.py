@@ -1,0 +1,72 @@
+"""Meta-training jobs: submit, list, follow (status and SSE), cancel, resume, weights."""
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response, status
+from fastapi.sse import EventSourceResponse, ServerSentEvent
+
+from api.deps import ControllerDep
+from api.routes.weights import WEIGHTS_RESPONSES, WeightsFormat, weights_response
+from api.schemas import JobCreate, JobPublic, JobsPublic
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+EVENT_POLL_S = 0.25
+
+
+@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=JobPublic)
+def create_job(job: JobCreate, controller: ControllerDep, response: Response) -> JobPublic:
+    record = controller.submit(job)
+    response.headers["Location"] = f"/v1/jobs/{record.id}"
+    return record
+
+
+@router.get("", response_model=JobsPublic)
+def list_jobs(controller: ControllerDep) -> JobsPublic:
+    records = controller.jobs()
+    return JobsPublic(data=records, count=len(records))
+
+
+@router.get("/{job_id}", response_model=JobPublic)
+def read_job(job_id: str, controller: ControllerDep) -> JobPublic:
+    return controller.get(job_id)
+
+
+@router.post("/{job_id}/cancel", status_code=status.HTTP_202_ACCEPTED, response_model=JobPublic)
+def cancel_job(job_id: str, controller: ControllerDep) -> JobPublic:
+    return controller.cancel(job_id)
+
+
+@router.post("/{job_id}/resume", status_code=status.HTTP_202_ACCEPTED, response_model=JobPublic)
+def resume_job(job_id: str, controller: ControllerDep) -> JobPublic:
+    return controller.resume(job_id)
+
+
+@router.get("/{job_id}/events", response_class=EventSourceResponse)
+async def job_events(job_id: str, controller: ControllerDep) -> AsyncIterator[ServerSentEvent]:
+    """`progress` events (the job record) whenever the round or state changes, then `end`."""
+    controller.get(job_id)  # 404 before the stream starts
+    last = None
+    while True:
+        record = controller.get(job_id)
+        key = (record.state, record.round, record.mlflow.run_id, record.mlflow.status)
+        if key != last:
+            last = key
+            yield ServerSentEvent(data=record.model_dump(mode="json"), event="progress")
+        if record.state.terminal:
+            yield ServerSentEvent(data={"id": job_id, "state": record.state.value}, event="end")
+            return
+        await asyncio.sleep(EVENT_POLL_S)
+
+
+@router.get("/{job_id}/weights", responses=WEIGHTS_RESPONSES, response_class=Response)
+def job_weights(
+    job_id: str,
+    controller: ControllerDep,
+    format: Annotated[WeightsFormat, Query()] = "safetensors",
+) -> Response:
+    """The current meta-weights φ (the latest round's while the job runs)."""
+    params, round_reached = controller.weights(job_id)
+    return weights_response(params, round_reached, format, f"job-{job_id}")

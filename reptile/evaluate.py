@@ -1,0 +1,96 @@
+"""Adapt-and-score on held-out tasks: how good φ is as an initialisation for new tasks."""
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from reptile.inner import InnerOptimizer, adapt, full_batches, task_loss
+from reptile.params import Params
+from reptile.tasks import EvalTask, Task, TaskFamily
+
+
+def adapted_losses(
+    family: TaskFamily,
+    model: nn.Module,
+    phi: Params,
+    task: EvalTask,
+    step_counts: Iterable[int],
+    lr: float,
+    optimizer: InnerOptimizer,
+) -> dict[int, float]:
+    """Query loss after adapting to the support set for each of `step_counts` (0 = φ itself)."""
+    losses = {}
+    for steps in sorted(set(step_counts)):
+        batches = full_batches(len(task.support.inputs), steps)
+        weights = adapt(
+            model,
+            phi,
+            task.support,
+            loss_fn=family.loss,
+            batches=batches,
+            lr=lr,
+            optimizer=optimizer,
+        )
+        losses[steps] = task_loss(model, weights, family.loss, task.query).item()
+    return losses
+
+
+def evaluate(
+    family: TaskFamily,
+    model: nn.Module,
+    phi: Params,
+    seeds: list[int],
+    step_counts: Iterable[int],
+    lr: float,
+    optimizer: InnerOptimizer,
+) -> dict[int, float]:
+    """Mean query loss over the held-out tasks of `seeds`, per number of adaptation steps."""
+    step_counts = sorted(set(step_counts))
+    per_task = [
+        adapted_losses(family, model, phi, family.sample_eval_task(s), step_counts, lr, optimizer)
+        for s in seeds
+    ]
+    return {k: sum(t[k] for t in per_task) / len(per_task) for k in step_counts}
+
+
+@dataclass(frozen=True)
+class Adaptation:
+    """The result of adapting φ to one new task's support set."""
+
+    weights: Params
+    loss_before: float  # support loss of φ
+    loss_after: float  # support loss of the adapted weights
+    predictions: Tensor  # the adapted model's outputs at the query inputs
+
+
+def adapt_and_predict(
+    family: TaskFamily,
+    model: nn.Module,
+    phi: Params,
+    support: Task,
+    query_inputs: Tensor,
+    *,
+    steps: int,
+    lr: float,
+    optimizer: InnerOptimizer,
+) -> Adaptation:
+    """Adapt φ with `steps` full-batch steps on `support`, then predict `query_inputs`."""
+    weights = adapt(
+        model,
+        phi,
+        support,
+        loss_fn=family.loss,
+        batches=full_batches(len(support.inputs), steps),
+        lr=lr,
+        optimizer=optimizer,
+    )
+    with torch.no_grad():
+        return Adaptation(
+            weights=weights,
+            loss_before=task_loss(model, phi, family.loss, support).item(),
+            loss_after=task_loss(model, weights, family.loss, support).item(),
+            predictions=functional_call(model, weights, (query_inputs,)),
+        )

@@ -1,0 +1,71 @@
+"""The outer loop's pieces: the ε schedule and the batched Reptile update.
+
+    φ ← φ + ε · mean_i(W_i − φ)
+
+is a gradient step on the pseudo-gradient g = φ − mean_i W_i with step size ε, so the update is
+delegated to `torch.optim.SGD` (plain Reptile) or `torch.optim.Adam` (Adam on g), whose state
+can be checkpointed like any optimiser's.
+"""
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+
+from reptile.inner import InnerConfig
+from reptile.params import Params
+
+OuterOptimizer = Literal["sgd", "adam"]
+
+
+@dataclass(frozen=True)
+class MetaConfig:
+    """The outer loop's hyper-parameters (names as in the job spec and the MLflow params)."""
+
+    rounds: int = 1000
+    meta_batch_size: int = 5
+    outer_lr: float = 1.0
+    outer_lr_final: float = 0.0
+    outer_optimizer: OuterOptimizer = "sgd"
+    inner: InnerConfig = field(default_factory=InnerConfig)
+
+
+def epsilon(round_index: int, config: MetaConfig) -> float:
+    """The outer step size of round `round_index`: linear from outer_lr to outer_lr_final."""
+    fraction = round_index / config.rounds
+    return config.outer_lr + (config.outer_lr_final - config.outer_lr) * fraction
+
+
+class MetaOptimizer:
+    """Owns φ and applies Reptile updates to it; `state_dict` makes it checkpointable."""
+
+    def __init__(self, phi: Params, kind: OuterOptimizer) -> None:
+        self.names = sorted(phi)  # a canonical order, so saved optimiser state always lines up
+        self.tensors = [phi[name].detach().clone().requires_grad_(True) for name in self.names]
+        self.optimizer: torch.optim.Optimizer
+        if kind == "sgd":
+            self.optimizer = torch.optim.SGD(self.tensors, lr=1.0)
+        else:
+            self.optimizer = torch.optim.Adam(self.tensors, lr=1.0)
+
+    @property
+    def phi(self) -> Params:
+        """A detached copy of the current meta-weights."""
+        return {n: t.detach().clone() for n, t in zip(self.names, self.tensors, strict=True)}
+
+    def step(self, mean_delta: Params, lr: float) -> None:
+        """Move φ along mean_i(W_i − φ) with step size `lr` (ε)."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        for name, tensor in zip(self.names, self.tensors, strict=True):
+            tensor.grad = -mean_delta[name]  # the pseudo-gradient φ − mean W_i
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def state_dict(self) -> dict[str, Any]:
+        """A snapshot of the optimiser state (a copy: later steps do not change it)."""
+        return copy.deepcopy(self.optimizer.state_dict())
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state)

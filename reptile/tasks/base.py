@@ -1,0 +1,57 @@
+"""What every task family provides, and how task seeds are derived.
+
+A task is rebuilt from an integer seed, so only seeds ever cross process boundaries. The seeds
+of a round depend on (job seed, round) alone, never on how the round is split across workers.
+"""
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+from torch import Tensor, nn
+
+# Held-out evaluation tasks come from their own fixed stream, the same for every job, so that
+# evaluation numbers of different jobs compare the same tasks.
+EVAL_ENTROPY = 20180308
+
+
+@dataclass(frozen=True)
+class Task:
+    """One task's labelled examples: what the inner loop trains on."""
+
+    inputs: Tensor  # (n, *input_shape)
+    targets: Tensor  # (n, *target_shape)
+
+
+@dataclass(frozen=True)
+class EvalTask:
+    """A held-out task: a few labelled shots to adapt on, and query points to score."""
+
+    support: Task
+    query: Task
+
+
+class TaskFamily(Protocol):
+    """A distribution over tasks, with the model and the loss that fit it."""
+
+    name: str
+
+    def make_model(self) -> nn.Module: ...
+
+    def loss(self, predictions: Tensor, targets: Tensor) -> Tensor: ...
+
+    def sample_task(self, seed: int) -> Task: ...
+
+    def sample_eval_task(self, seed: int) -> EvalTask: ...
+
+
+def task_seeds(job_seed: int, round_index: int, count: int) -> list[int]:
+    """The seeds of the tasks of one meta-training round (independent of the number of workers)."""
+    sequence = np.random.SeedSequence(entropy=job_seed, spawn_key=(round_index,))
+    return [int(s) for s in sequence.generate_state(count, dtype=np.uint64)]
+
+
+def eval_task_seeds(count: int) -> list[int]:
+    """The seeds of the fixed held-out evaluation tasks."""
+    sequence = np.random.SeedSequence(entropy=EVAL_ENTROPY)
+    return [int(s) for s in sequence.generate_state(count, dtype=np.uint64)]

@@ -1,0 +1,1 @@
+"""The controller: job specs, the job store, the meta-training loop, checkpoints, MLflow, CLI."""

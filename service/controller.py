@@ -1,0 +1,322 @@
+"""The controller: owns the jobs of this service and runs each one's meta-training.
+
+Jobs run on a bounded thread pool (`max_concurrent_jobs`); each has its own Ray worker pool and
+MLflow tracker. Records are persisted under the data dir, so a restarted controller finds its
+jobs again and resumes interrupted ones from their last checkpoint.
+"""
+
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import torch
+
+from reptile.evaluate import adapt_and_predict
+from reptile.params import Params
+from reptile.tasks import Task, make_family
+from service.records import AdaptationRecord, JobRecord, JobState, MlflowInfo, now
+from service.runtime import make_pool, make_tracker
+from service.settings import Settings
+from service.specs import JobSpec
+from service.store import Store, new_id
+from service.tracking import RunRef, Tracker, run_url
+from service.trainer import MetaTrainer, Progress
+from service.weights import read_checkpoint, read_weights, weights_to_bytes, write_weights
+from workers.cluster import connect, total_cpus
+
+log = logging.getLogger(__name__)
+
+PERSIST_EVERY_S = 1.0  # progress is written to the record at most this often
+
+
+class NotFound(LookupError):
+    """No job or adaptation with that id."""
+
+
+class Conflict(RuntimeError):
+    """The request does not fit the job's current state."""
+
+
+class Invalid(ValueError):
+    """The request is well-formed but cannot be served (e.g. more workers than the cluster has)."""
+
+
+@dataclass
+class _Active:
+    """A job that is queued or running in this process."""
+
+    stop: threading.Event = field(default_factory=threading.Event)
+    interrupted: bool = False  # stopped by a shutdown, to be resumed, not by a cancel
+    trainer: MetaTrainer | None = None
+    persisted_at: float = 0.0
+
+
+class Controller:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.store = Store(settings.data_dir)
+        self._lock = threading.RLock()
+        self._records = {r.id: r for r in self.store.load_jobs()}
+        self._active: dict[str, _Active] = {}
+        self._executor = ThreadPoolExecutor(settings.max_concurrent_jobs, thread_name_prefix="job")
+
+    # --- life cycle ---------------------------------------------------------------------
+    def start(self) -> None:
+        """Join Ray and pick up the jobs a previous process left unfinished."""
+        connect(self.settings.ray_address, self.settings.ray_num_cpus)
+        for record in list(self._records.values()):
+            if record.state.terminal:
+                continue
+            if self.settings.auto_resume:
+                log.info("resuming job %s from round %s", record.id, record.checkpoint_round)
+                self._enqueue(record.id)
+            else:
+                self._update(
+                    record.id,
+                    state=JobState.failed,
+                    finished_at=now(),
+                    error="interrupted by a controller restart; POST …/resume to continue",
+                )
+
+    def shutdown(self) -> None:
+        """Stop every job at the end of its round, checkpointed and left to resume at start."""
+        with self._lock:
+            for active in self._active.values():
+                active.interrupted = True
+                active.stop.set()
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+    # --- jobs ---------------------------------------------------------------------------
+    def submit(self, spec: JobSpec) -> JobRecord:
+        cpus = total_cpus()
+        if spec.num_workers > cpus:
+            raise Invalid(
+                f"num_workers={spec.num_workers} exceeds the {cpus:g} CPUs of the Ray cluster"
+            )
+        job_id = new_id()
+        record = JobRecord(
+            id=job_id,
+            spec=spec,
+            rounds=spec.rounds,
+            mlflow=MlflowInfo(tracking_uri=self.settings.tracking_uri),
+        )
+        with self._lock:
+            self.store.save_job(record)
+            self._records[job_id] = record
+            self._enqueue(job_id)
+        return self.get(job_id)
+
+    def get(self, job_id: str) -> JobRecord:
+        with self._lock:
+            if job_id not in self._records:
+                raise NotFound(f"no job {job_id!r}")
+            return self._records[job_id].model_copy(deep=True)
+
+    def jobs(self) -> list[JobRecord]:
+        with self._lock:
+            return [r.model_copy(deep=True) for r in self._records.values()]
+
+    def cancel(self, job_id: str) -> JobRecord:
+        """Stop the job after its current round, keeping φ; a queued job never starts."""
+        record = self.get(job_id)
+        if record.state.terminal:
+            raise Conflict(f"job {job_id} is already {record.state.value}")
+        with self._lock:
+            self._active[job_id].stop.set()
+            if record.state == JobState.queued:
+                self._update(job_id, state=JobState.cancelled, finished_at=now())
+        return self.get(job_id)
+
+    def resume(self, job_id: str) -> JobRecord:
+        """Continue a cancelled or failed job from its last checkpoint, in the same MLflow run."""
+        record = self.get(job_id)
+        if record.state not in (JobState.cancelled, JobState.failed):
+            raise Conflict(
+                f"job {job_id} is {record.state.value}; only cancelled or failed jobs resume"
+            )
+        with self._lock:
+            self._update(job_id, state=JobState.queued, error=None, finished_at=None)
+            self._enqueue(job_id)
+        return self.get(job_id)
+
+    def weights(self, job_id: str) -> tuple[Params, int]:
+        """The current meta-weights and the round they belong to."""
+        record = self.get(job_id)
+        with self._lock:
+            active = self._active.get(job_id)
+            trainer = active.trainer if active else None
+        if trainer is not None:
+            return trainer.phi, record.round
+        if self.store.weights_path(job_id).exists() and record.state.terminal:
+            return read_weights(self.store.weights_path(job_id)), record.round
+        if self.store.checkpoint_path(job_id).exists():
+            checkpoint = read_checkpoint(self.store.checkpoint_path(job_id))
+            return checkpoint.phi, checkpoint.round
+        raise Conflict(f"job {job_id} has no weights yet (it is {record.state.value})")
+
+    # --- adaptations ----------------------------------------------------------------------
+    def adapt(
+        self,
+        job_id: str,
+        *,
+        support_inputs: list[float],
+        support_targets: list[float],
+        query_inputs: list[float],
+        steps: int | None,
+        lr: float | None,
+    ) -> AdaptationRecord:
+        """Adapt the job's current φ to a new task's support set and predict its queries."""
+        spec = self.get(job_id).spec
+        phi, round_reached = self.weights(job_id)
+        family = make_family(spec.task, **spec.task_options())
+        steps = steps if steps is not None else spec.eval_steps
+        lr = lr if lr is not None else spec.inner_lr
+        support = Task(
+            inputs=torch.tensor(support_inputs, dtype=torch.float32).unsqueeze(1),  # (n, 1)
+            targets=torch.tensor(support_targets, dtype=torch.float32).unsqueeze(1),
+        )
+        result = adapt_and_predict(
+            family,
+            family.make_model(),
+            phi,
+            support,
+            torch.tensor(query_inputs, dtype=torch.float32).unsqueeze(1),
+            steps=steps,
+            lr=lr,
+            optimizer=spec.inner_optimizer,
+        )
+        record = AdaptationRecord(
+            id=new_id(),
+            job_id=job_id,
+            round=round_reached,
+            steps=steps,
+            lr=lr,
+            support_loss={"before": result.loss_before, "after": result.loss_after},
+            predictions=result.predictions.squeeze(1).tolist(),
+        )
+        self.store.save_adaptation(record, result.weights)
+        return record
+
+    def adaptation(self, adaptation_id: str) -> AdaptationRecord:
+        try:
+            return self.store.load_adaptation(adaptation_id)
+        except KeyError:
+            raise NotFound(f"no adaptation {adaptation_id!r}") from None
+
+    def adaptation_weights(self, adaptation_id: str) -> Params:
+        self.adaptation(adaptation_id)
+        return self.store.load_adaptation_weights(adaptation_id)
+
+    # --- running a job ----------------------------------------------------------------------
+    def _enqueue(self, job_id: str) -> None:
+        self._active[job_id] = _Active()
+        self._executor.submit(self._run, job_id)
+
+    def _update(self, job_id: str, **changes: object) -> None:
+        """Apply `changes` to the record and persist it."""
+        with self._lock:
+            record = self._records[job_id]
+            for key, value in changes.items():
+                setattr(record, key, value)
+            record.updated_at = now()
+            self.store.save_job(record)
+
+    def _run(self, job_id: str) -> None:
+        active = self._active[job_id]
+        if active.stop.is_set():  # cancelled while queued
+            self._finish(job_id)
+            return
+        record = self.get(job_id)
+        spec = record.spec
+        self._update(job_id, state=JobState.running, started_at=record.started_at or now())
+        status, tracker, pool = "FAILED", None, None
+        try:
+            checkpoint_path = self.store.checkpoint_path(job_id)
+            resume = read_checkpoint(checkpoint_path) if checkpoint_path.exists() else None
+            tracker = self._tracker(record)
+            pool = make_pool(self.settings, spec)
+            trainer = MetaTrainer(
+                spec,
+                pool,
+                tracker,
+                checkpoint_path,
+                resume=resume,
+                on_progress=lambda progress: self._progress(job_id, progress, tracker),
+            )
+            active.trainer = trainer
+            completed = trainer.run(should_stop=active.stop.is_set)
+            if not completed and active.interrupted:
+                status = ""  # left running: the next start resumes it in the same run
+                return
+            write_weights(self.store.weights_path(job_id), trainer.phi)
+            tracker.log_artifact(weights_to_bytes(trainer.phi), "weights/phi.safetensors")
+            status = "FINISHED" if completed else "KILLED"
+            state = JobState.succeeded if completed else JobState.cancelled
+            self._update(job_id, state=state, finished_at=now())
+        except Exception as error:
+            log.exception("job %s failed", job_id)
+            self._update(
+                job_id,
+                state=JobState.failed,
+                finished_at=now(),
+                error=f"{type(error).__name__}: {error}",
+            )
+        finally:
+            if pool is not None:
+                pool.shutdown()
+            if tracker is not None and status:
+                tracker.finish(status)
+                self._update(job_id, mlflow=self._mlflow_info(tracker.run, tracker))
+            self._finish(job_id)
+
+    def _finish(self, job_id: str) -> None:
+        with self._lock:
+            self._active.pop(job_id, None)
+
+    def _tracker(self, record: JobRecord) -> Tracker:
+        run = None
+        if record.mlflow.run_id and record.mlflow.experiment_id:
+            run = RunRef(record.mlflow.experiment_id, record.mlflow.run_id)
+
+        def on_run(run: RunRef) -> None:  # called from the tracker's thread
+            self._update(record.id, mlflow=self._mlflow_info(run))
+
+        return make_tracker(
+            self.settings,
+            record.spec,
+            run_name=record.spec.name or f"{record.spec.task}-{record.id[:8]}",
+            tags={"job_id": record.id},
+            staging_dir=self.store.staging_dir(record.id),
+            run=run,
+            on_run=on_run,
+        )
+
+    def _mlflow_info(self, run: RunRef | None, tracker: Tracker | None = None) -> MlflowInfo:
+        degraded = tracker is not None and tracker.degraded
+        return MlflowInfo(
+            tracking_uri=self.settings.tracking_uri,
+            experiment_id=run.experiment_id if run else None,
+            run_id=run.run_id if run else None,
+            ui_url=run_url(self.settings.mlflow_ui_url, run) if run else None,
+            status="degraded" if degraded else "ok",
+            error=tracker.last_error if tracker is not None else None,
+        )
+
+    def _progress(self, job_id: str, progress: Progress, tracker: Tracker) -> None:
+        with self._lock:
+            record = self._records[job_id]
+            record.round = progress.round
+            record.metrics = progress.metrics or record.metrics
+            if progress.evaluation is not None:
+                record.evaluation = progress.evaluation
+            if progress.checkpoint_round is not None:
+                record.checkpoint_round = progress.checkpoint_round
+            record.mlflow = self._mlflow_info(tracker.run, tracker)
+            record.updated_at = now()
+            active = self._active[job_id]
+            due = time.monotonic() - active.persisted_at >= PERSIST_EVERY_S
+            if due or progress.checkpoint_round is not None:
+                self.store.save_job(record)
+                active.persisted_at = time.monotonic()

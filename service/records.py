@@ -1,0 +1,63 @@
+"""Job and adaptation records: what the store persists and the API returns."""
+
+from datetime import UTC, datetime
+from enum import StrEnum
+
+from pydantic import BaseModel, Field
+
+from service.specs import JobSpec
+
+
+class JobState(StrEnum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobState.succeeded, JobState.failed, JobState.cancelled)
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+class MlflowInfo(BaseModel):
+    """Where the job's run lives; ids are null until the run has been created."""
+
+    tracking_uri: str
+    experiment_id: str | None = None
+    run_id: str | None = None
+    ui_url: str | None = None
+    status: str = Field(default="ok", description="'ok', or 'degraded' while MLflow is unreachable")
+    error: str | None = None
+
+
+class JobRecord(BaseModel):
+    id: str
+    spec: JobSpec
+    state: JobState = JobState.queued
+    round: int = Field(default=0, description="Rounds completed")
+    rounds: int
+    metrics: dict[str, float] = Field(default_factory=dict, description="Latest round's metrics")
+    evaluation: dict[str, float] = Field(default_factory=dict, description="Latest evaluation")
+    checkpoint_round: int | None = Field(default=None, description="Round of the last checkpoint")
+    error: str | None = None
+    mlflow: MlflowInfo
+    created_at: datetime = Field(default_factory=now)
+    updated_at: datetime = Field(default_factory=now)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+class AdaptationRecord(BaseModel):
+    id: str
+    job_id: str
+    round: int = Field(description="The job's round whose φ was adapted")
+    steps: int
+    lr: float
+    support_loss: dict[str, float] = Field(description="{'before': …, 'after': …}")
+    predictions: list[float]
+    created_at: datetime = Field(default_factory=now)

@@ -1,0 +1,57 @@
+"""Service settings, read once at start-up from `REPTILE_*` environment variables.
+
+`MLFLOW_TRACKING_URI` and `RAY_ADDRESS` are also honoured under their usual names, so the same
+environment that configures the MLflow and Ray clients configures the service.
+"""
+
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob of the service; the README's configuration table lists them."""
+
+    model_config = SettingsConfigDict(env_prefix="REPTILE_", extra="ignore")
+
+    data_dir: Path = Field(default=Path("reptile-data"), description="Job records, weights, MLflow")
+    host: str = Field(default="127.0.0.1", description="API bind address")
+    port: int = Field(default=8000, ge=0, le=65535, description="API port")
+    mlflow_tracking_uri: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("REPTILE_MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_URI"),
+        description="MLflow store; default sqlite:///<data_dir>/mlflow.db",
+    )
+    mlflow_ui_url: str = Field(
+        default="http://127.0.0.1:5000", description="Base URL of the MLflow UI, for run links"
+    )
+    ray_address: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("REPTILE_RAY_ADDRESS", "RAY_ADDRESS"),
+        description="Ray cluster to join; unset starts a local Ray",
+    )
+    ray_num_cpus: int | None = Field(
+        default=None, ge=1, description="CPUs a local Ray advertises (default: the machine's)"
+    )
+    max_concurrent_jobs: int = Field(default=2, ge=1, description="Jobs training at once")
+    round_timeout_s: float = Field(default=300.0, gt=0, description="Per-round wait for workers")
+    chunk_retries: int = Field(default=2, ge=0, description="Re-runs of a failed chunk")
+    auto_resume: bool = Field(
+        default=True, description="Resume interrupted jobs from their checkpoint at start-up"
+    )
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @cached_property
+    def tracking_uri(self) -> str:
+        return self.mlflow_tracking_uri or f"sqlite:///{self.data_dir / 'mlflow.db'}"
+
+    @cached_property
+    def artifact_root(self) -> str:
+        """Where new MLflow experiments keep artifacts (a local folder under the data dir)."""
+        return (self.data_dir / "mlartifacts").as_uri()

@@ -1,0 +1,195 @@
+"""MLflow tracking for one job, off the training thread and tolerant of MLflow outages.
+
+The trainer enqueues metrics and artifacts and never waits on MLflow. A background thread
+creates (or reopens) the job's run and replays the queue in order through `MlflowClient` with
+the explicit run id (jobs run concurrently, so the thread-local fluent run is never used). When
+MLflow is unreachable the thread keeps the queue, reports `degraded`, and retries until it
+comes back: nothing is lost while the process lives.
+"""
+
+import logging
+import os
+import queue
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param
+
+log = logging.getLogger(__name__)
+
+# Fail fast against an unreachable tracking server; this module does its own retrying.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+
+MAX_METRICS_PER_BATCH = 1000  # MLflow's limit for one log_batch call
+
+
+@dataclass(frozen=True)
+class RunRef:
+    experiment_id: str
+    run_id: str
+
+
+@dataclass(frozen=True)
+class _Metrics:
+    metrics: list[Metric]
+
+
+@dataclass(frozen=True)
+class _Artifact:
+    local_path: Path  # a staged copy owned by the tracker
+    artifact_dir: str
+
+
+@dataclass(frozen=True)
+class _End:
+    status: str
+
+
+class Tracker:
+    """The MLflow run of one job; thread-safe to call from the training thread."""
+
+    def __init__(
+        self,
+        *,
+        tracking_uri: str,
+        experiment: str,
+        artifact_location: str | None,
+        run_name: str,
+        params: dict[str, Any],
+        tags: dict[str, str],
+        staging_dir: Path,
+        run: RunRef | None = None,
+        on_run: Callable[[RunRef], None] = lambda run: None,
+        retry_seconds: float = 2.0,
+    ) -> None:
+        self._client = MlflowClient(tracking_uri=tracking_uri)
+        self._experiment = experiment
+        self._artifact_location = artifact_location
+        self._run_name = run_name
+        self._params = params
+        self._tags = tags
+        self._staging_dir = staging_dir
+        self._on_run = on_run
+        self._retry_seconds = retry_seconds
+        self.run = run
+        self.degraded = False
+        self.last_error: str | None = None
+        self._queue: queue.Queue[_Metrics | _Artifact | _End] = queue.Queue()
+        self._thread = threading.Thread(target=self._work, name=f"mlflow-{run_name}", daemon=True)
+        self._thread.start()
+
+    # --- called by the trainer -----------------------------------------------------------
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        timestamp = int(time.time() * 1000)
+        self._queue.put(
+            _Metrics([Metric(k, float(v), timestamp, step) for k, v in metrics.items()])
+        )
+
+    def log_artifact(self, data: bytes, artifact_path: str) -> None:
+        """Log `data` as the file `artifact_path` (e.g. "plots/sine_fit.png"), replacing it."""
+        artifact_dir, _, name = artifact_path.rpartition("/")
+        staged = Path(tempfile.mkdtemp(dir=self._ensure_staging())) / name
+        staged.write_bytes(data)
+        self._queue.put(_Artifact(staged, artifact_dir))
+
+    def finish(self, status: str, timeout: float = 30.0) -> bool:
+        """End the run with `status` (FINISHED, FAILED, KILLED) once the queue is flushed.
+
+        Returns whether everything reached MLflow within `timeout`; if not, the thread keeps
+        trying in the background.
+        """
+        self._queue.put(_End(status))
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    # --- the background thread -------------------------------------------------------------
+    def _ensure_staging(self) -> Path:
+        self._staging_dir.mkdir(parents=True, exist_ok=True)
+        return self._staging_dir
+
+    def _work(self) -> None:
+        self._retrying(self._open_run)
+        while True:
+            item = self._queue.get()
+            if isinstance(item, _Metrics):
+                item = self._merge_metrics(item)
+            self._retrying(lambda item=item: self._apply(item))  # type: ignore[misc]
+            if isinstance(item, _End):
+                return
+
+    def _merge_metrics(self, first: _Metrics) -> _Metrics:
+        """Coalesce queued metric items into one batch (keeps order; stops at other items)."""
+        metrics = list(first.metrics)
+        while len(metrics) < MAX_METRICS_PER_BATCH:
+            try:
+                item = self._queue.queue[0]
+            except IndexError:
+                break
+            if (
+                not isinstance(item, _Metrics)
+                or len(metrics) + len(item.metrics) > MAX_METRICS_PER_BATCH
+            ):
+                break
+            metrics.extend(self._queue.get_nowait().metrics)  # type: ignore[union-attr]
+        return _Metrics(metrics)
+
+    def _retrying(self, action: Callable[[], None]) -> None:
+        while True:
+            try:
+                action()
+            except Exception as error:  # MLflow raises many types; all mean "not logged yet"
+                if not self.degraded:
+                    log.warning("MLflow unreachable (%s); buffering and retrying", error)
+                self.degraded = True
+                self.last_error = str(error)
+                time.sleep(self._retry_seconds)
+                continue
+            if self.degraded:
+                log.info("MLflow reachable again; buffered records flushed")
+            self.degraded = False
+            self.last_error = None
+            return
+
+    def _open_run(self) -> None:
+        if self.run is not None:
+            self._client.get_run(self.run.run_id)  # fails while MLflow is unreachable
+            return
+        experiment = self._client.get_experiment_by_name(self._experiment)
+        if experiment is None:
+            experiment_id = self._client.create_experiment(
+                self._experiment, artifact_location=self._artifact_location
+            )
+        else:
+            experiment_id = experiment.experiment_id
+        run = self._client.create_run(experiment_id, run_name=self._run_name, tags=self._tags)
+        self._client.log_batch(
+            run.info.run_id, params=[Param(k, str(v)) for k, v in self._params.items()]
+        )
+        self.run = RunRef(experiment_id=experiment_id, run_id=run.info.run_id)
+        self._on_run(self.run)
+
+    def _apply(self, item: _Metrics | _Artifact | _End) -> None:
+        assert self.run is not None
+        if isinstance(item, _Metrics):
+            self._client.log_batch(self.run.run_id, metrics=item.metrics)
+        elif isinstance(item, _Artifact):
+            self._client.log_artifact(self.run.run_id, str(item.local_path), item.artifact_dir)
+            shutil.rmtree(item.local_path.parent, ignore_errors=True)
+        else:
+            self._client.set_terminated(self.run.run_id, status=item.status)
+
+
+def run_url(ui_url: str, run: RunRef) -> str:
+    """The link to a run in the MLflow UI."""
+    return f"{ui_url.rstrip('/')}/#/experiments/{run.experiment_id}/runs/{run.run_id}"
+
+
+__all__ = ["RunRef", "Tracker", "run_url"]

@@ -1,0 +1,175 @@
+"""The meta-training loop of one job, shared by the server and `reptile train`.
+
+One readable loop per round, in sections: seeds → dispatch → collect → meta-update → log →
+evaluate → checkpoint → stop check. Collaborators (the worker pool, the tracker) are passed in,
+so the loop runs the same with Ray or with small stand-ins.
+"""
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from reptile.evaluate import evaluate
+from reptile.inner import InnerConfig
+from reptile.meta import MetaOptimizer, epsilon
+from reptile.params import Params, init_params, is_finite, scale
+from reptile.tasks import eval_task_seeds, make_family, task_seeds
+from reptile.tasks.sine import SineFamily
+from service.plots import learning_curve_png, sine_fit_png
+from service.specs import JobSpec
+from service.weights import Checkpoint, write_checkpoint
+from workers.pool import RoundOutput
+
+log = logging.getLogger(__name__)
+
+
+class RoundRunner(Protocol):
+    """Runs the inner loops of one round (the Ray `WorkerPool`, or a stand-in in tests)."""
+
+    def run_round(self, phi: Params, seeds: list[int], inner: InnerConfig) -> RoundOutput: ...
+
+
+class MetricsSink(Protocol):
+    """Where metrics and artifacts go (the MLflow `Tracker`, or a stand-in in tests)."""
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
+
+    def log_artifact(self, data: bytes, artifact_path: str) -> None: ...
+
+
+class Divergence(RuntimeError):
+    """The meta-loss or the weights stopped being finite; φ was not updated."""
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What the trainer reports after each round."""
+
+    round: int  # rounds completed
+    metrics: dict[str, float]
+    evaluation: dict[str, float] | None = None  # present on rounds that evaluated
+    checkpoint_round: int | None = None  # present on rounds that wrote a checkpoint
+
+
+@dataclass
+class MetaTrainer:
+    spec: JobSpec
+    runner: RoundRunner
+    sink: MetricsSink
+    checkpoint_path: Path
+    on_progress: Callable[[Progress], None] = lambda progress: None
+    resume: Checkpoint | None = None
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.family = make_family(self.spec.task, **self.spec.task_options())
+        self.model = self.family.make_model()
+        self.config = self.spec.meta_config()
+        if self.resume is None:
+            self.start_round = 0
+            self.meta = MetaOptimizer(
+                init_params(self.model, self.spec.seed), self.config.outer_optimizer
+            )
+        else:
+            self.start_round = self.resume.round
+            self.meta = MetaOptimizer(self.resume.phi, self.config.outer_optimizer)
+            self.meta.load_state_dict(self.resume.optimizer_state)
+            self.history = list(self.resume.history)
+        self.phi: Params = self.meta.phi  # the latest φ, readable from other threads
+        self.eval_seeds = eval_task_seeds(self.spec.eval_tasks)
+
+    def run(self, should_stop: Callable[[], bool] = lambda: False) -> bool:
+        """Train until the last round (returns True) or until `should_stop()` (returns False).
+
+        Either way φ and the outer optimiser are checkpointed at the round reached.
+        """
+        spec, inner = self.spec, self.config.inner
+        if self.start_round == 0 and not self.history:
+            self.on_progress(Progress(0, {}, evaluation=self.evaluate(0)))
+        for round_index in range(self.start_round, spec.rounds):
+            done = round_index + 1
+            started = time.perf_counter()
+            # seeds: a function of (job seed, round) only, whatever the number of workers
+            seeds = task_seeds(spec.seed, round_index, spec.meta_batch_size)
+            # dispatch + collect: Σ(W_i − φ) over the round's tasks, from the actors
+            result = self.runner.run_round(self.phi, seeds, inner)
+            # meta-update: φ ← φ + ε · mean(W_i − φ) (or Adam on the pseudo-gradient)
+            mean_delta = scale(result.delta_sum, 1.0 / result.count)
+            if not (is_finite(mean_delta) and np.isfinite(result.loss_after).all()):
+                raise Divergence(
+                    f"meta-loss became non-finite in round {done}; φ kept from round {round_index}"
+                )
+            eps = epsilon(round_index, self.config)
+            self.meta.step(mean_delta, eps)
+            self.phi = self.meta.phi
+            # log
+            seconds = time.perf_counter() - started
+            metrics = {
+                "meta_loss_before": float(result.loss_before.mean()),
+                "meta_loss_after": float(result.loss_after.mean()),
+                "epsilon": eps,
+                "tasks_per_s": result.count / seconds,
+                "round_seconds": seconds,
+                "compute_seconds": result.compute_seconds,
+            }
+            self.sink.log_metrics(metrics, step=done)
+            # evaluate, checkpoint, stop
+            last = done == spec.rounds
+            evaluation = None
+            if last or (spec.eval_every and done % spec.eval_every == 0):
+                evaluation = self.evaluate(done)
+            stopping = not last and should_stop()
+            checkpointed = None
+            if last or stopping or done % spec.checkpoint_every == 0:
+                self.checkpoint(done)
+                checkpointed = done
+            self.on_progress(Progress(done, metrics, evaluation, checkpointed))
+            if stopping:
+                return False
+        return True
+
+    def evaluate(self, done: int) -> dict[str, float]:
+        """Score φ on the held-out tasks, log the numbers and redraw the figures."""
+        spec = self.spec
+        losses = evaluate(
+            self.family,
+            self.model,
+            self.phi,
+            self.eval_seeds,
+            spec.eval_step_counts(),
+            spec.inner_lr,
+            spec.inner_optimizer,
+        )
+        row = {"eval_mse_before": losses[0]}
+        row |= {f"eval_mse_after_{k}": v for k, v in losses.items() if k > 0}
+        self.sink.log_metrics(row, step=done)
+        self.history.append({"round": float(done), **row})
+        if isinstance(self.family, SineFamily):
+            figure = sine_fit_png(
+                self.family,
+                self.phi,
+                seed=self.eval_seeds[0],
+                steps=spec.inner_steps,
+                lr=spec.inner_lr,
+                optimizer=spec.inner_optimizer,
+                title=f"round {done}",
+            )
+            self.sink.log_artifact(figure, "plots/sine_fit.png")
+        self.sink.log_artifact(
+            learning_curve_png(self.history, "eval_mse"), "plots/learning_curve.png"
+        )
+        log.info("round %d: %s", done, row)
+        return row
+
+    def checkpoint(self, done: int) -> None:
+        """Write the checkpoint atomically, then hand a copy to the tracker."""
+        checkpoint = Checkpoint(done, self.phi, self.meta.state_dict(), list(self.history))
+        write_checkpoint(self.checkpoint_path, checkpoint)
+        self.sink.log_artifact(
+            self.checkpoint_path.read_bytes(), "checkpoints/checkpoint.safetensors"
+        )

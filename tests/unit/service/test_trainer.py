@@ -1,0 +1,105 @@
+"""The round loop with in-process stand-ins for Ray and MLflow (the real ones: integration)."""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from reptile.inner import InnerConfig, run_tasks
+from reptile.params import Params, to_numpy
+from reptile.serial import train_serial
+from reptile.tasks import make_family
+from service.specs import JobSpec
+from service.trainer import Divergence, MetaTrainer, Progress
+from service.weights import read_checkpoint
+from workers.pool import RoundOutput
+
+SPEC = JobSpec(rounds=6, meta_batch_size=4, eval_every=3, checkpoint_every=2, eval_tasks=4)
+
+
+class InProcessRunner:
+    """Runs the round's tasks in this process, as one chunk."""
+
+    def __init__(self, spec: JobSpec, poison_round: int | None = None) -> None:
+        self.family = make_family(spec.task, **spec.task_options())
+        self.model = self.family.make_model()
+        self.poison_round = poison_round
+        self.rounds = 0
+
+    def run_round(self, phi: Params, seeds: list[int], inner: InnerConfig) -> RoundOutput:
+        self.rounds += 1
+        result = run_tasks(self.family, self.model, phi, seeds, inner)
+        delta = result.delta_sum
+        if self.rounds == self.poison_round:
+            delta = {n: t * float("nan") for n, t in delta.items()}
+        return RoundOutput(
+            delta_sum={n: torch.from_numpy(a) for n, a in to_numpy(delta).items()},
+            count=result.count,
+            loss_before=result.loss_before.numpy(),
+            loss_after=result.loss_after.numpy(),
+            compute_seconds=0.0,
+        )
+
+
+@dataclass
+class RecordingSink:
+    metrics: list[tuple[int, dict[str, float]]] = field(default_factory=list)
+    artifacts: dict[str, bytes] = field(default_factory=dict)
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        self.metrics.append((step, metrics))
+
+    def log_artifact(self, data: bytes, artifact_path: str) -> None:
+        self.artifacts[artifact_path] = data
+
+
+def test_trainer_matches_the_serial_reference_and_logs_everything(tmp_path: Path) -> None:
+    sink, progress = RecordingSink(), []
+    trainer = MetaTrainer(
+        SPEC,
+        InProcessRunner(SPEC),
+        sink,
+        tmp_path / "ckpt.safetensors",
+        on_progress=progress.append,
+    )
+    assert trainer.run() is True
+    reference = train_serial(trainer.family, SPEC.meta_config(), SPEC.seed)
+    assert all(torch.allclose(trainer.phi[n], reference[n], atol=1e-6) for n in reference)
+    round_steps = [s for s, m in sink.metrics if "epsilon" in m]
+    assert round_steps == [1, 2, 3, 4, 5, 6]
+    eval_steps = [s for s, m in sink.metrics if "eval_mse_after_32" in m]
+    assert eval_steps == [0, 3, 6]
+    assert {"plots/sine_fit.png", "plots/learning_curve.png"} <= sink.artifacts.keys()
+    assert sink.artifacts["plots/sine_fit.png"].startswith(b"\x89PNG")
+    assert [p.checkpoint_round for p in progress if p.checkpoint_round] == [2, 4, 6]
+    assert read_checkpoint(tmp_path / "ckpt.safetensors").round == 6
+
+
+def test_stop_and_resume_gives_the_uninterrupted_result(tmp_path: Path) -> None:
+    path = tmp_path / "ckpt.safetensors"
+    spec = SPEC.model_copy(update={"outer_optimizer": "adam", "outer_lr": 0.01})
+    first = MetaTrainer(spec, InProcessRunner(spec), RecordingSink(), path)
+    stops = iter([False, False, True])
+    assert first.run(should_stop=lambda: next(stops)) is False
+    checkpoint = read_checkpoint(path)
+    assert checkpoint.round == 3
+    resumed = MetaTrainer(spec, InProcessRunner(spec), RecordingSink(), path, resume=checkpoint)
+    assert resumed.run() is True
+    straight = MetaTrainer(spec, InProcessRunner(spec), RecordingSink(), tmp_path / "b")
+    straight.run()
+    assert all(torch.equal(resumed.phi[n], straight.phi[n]) for n in straight.phi)
+
+
+def test_divergence_fails_the_round_and_keeps_phi(tmp_path: Path) -> None:
+    trainer = MetaTrainer(
+        SPEC, InProcessRunner(SPEC, poison_round=4), RecordingSink(), tmp_path / "c"
+    )
+    seen: list[Progress] = []
+    trainer.on_progress = seen.append
+    with pytest.raises(Divergence, match="non-finite in round 4"):
+        trainer.run()
+    assert all(bool(torch.isfinite(t).all()) for t in trainer.phi.values())
+    assert seen[-1].round == 3
+    assert np.isfinite(list(read_checkpoint(tmp_path / "c").phi.values())[0].numpy()).all()

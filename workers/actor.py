@@ -1,0 +1,53 @@
+"""The inner-loop actor: a thin, stateless shell around `reptile.inner.run_tasks`.
+
+It holds only what can be rebuilt at any time (the task family and a model skeleton), so a
+restarted actor loses nothing.
+"""
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from reptile.inner import InnerConfig, run_tasks
+from reptile.params import from_numpy, to_numpy
+from reptile.tasks import make_family
+
+
+@dataclass(frozen=True)
+class ChunkOutput:
+    """A chunk's result in numpy form, cheap to move through the object store."""
+
+    delta_sum: dict[str, np.ndarray]
+    count: int
+    loss_before: np.ndarray  # (count,)
+    loss_after: np.ndarray  # (count,)
+    compute_seconds: float
+
+
+class InnerLoopWorker:
+    """Runs the inner loops of chunks of tasks; one call per chunk, tasks rebuilt from seeds."""
+
+    def __init__(self, task: str, task_options: dict[str, Any], num_threads: int = 1) -> None:
+        # One intra-op thread per actor: N actors on N cores must not oversubscribe them.
+        torch.set_num_threads(num_threads)
+        self.family = make_family(task, **task_options)
+        self.model = self.family.make_model()
+
+    def run_chunk(
+        self, phi: dict[str, np.ndarray], seeds: list[int], inner: InnerConfig
+    ) -> ChunkOutput:
+        start = time.perf_counter()
+        result = run_tasks(self.family, self.model, from_numpy(phi), seeds, inner)
+        return ChunkOutput(
+            delta_sum=to_numpy(result.delta_sum),
+            count=result.count,
+            loss_before=result.loss_before.numpy(),
+            loss_after=result.loss_after.numpy(),
+            compute_seconds=time.perf_counter() - start,
+        )
+
+    def ping(self) -> bool:
+        return True

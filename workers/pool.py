@@ -1,0 +1,127 @@
+"""The pool of inner-loop actors that runs one meta-training round at a time.
+
+The only module that knows Ray's actor API. A round puts φ in the object store once, gives each
+actor one contiguous chunk of the round's seeds, waits with a deadline, re-runs a failed or late
+chunk on a fresh actor, and sums the chunks' deltas in chunk order.
+"""
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import ray
+from ray.exceptions import GetTimeoutError, RayError
+
+from reptile.inner import InnerConfig
+from reptile.params import Params, from_numpy, to_numpy, total
+from workers.actor import ChunkOutput, InnerLoopWorker
+from workers.cluster import total_cpus
+
+log = logging.getLogger(__name__)
+
+
+class PoolError(RuntimeError):
+    """A round could not be completed: a chunk failed on every try, or no actor could start."""
+
+
+@dataclass(frozen=True)
+class RoundOutput:
+    """The gathered result of one round."""
+
+    delta_sum: Params  # Σ_i (W_i − φ) over all tasks of the round
+    count: int
+    loss_before: np.ndarray  # (count,) in seed order
+    loss_after: np.ndarray  # (count,) in seed order
+    compute_seconds: float  # the slowest chunk's inner-loop time
+
+
+def split(seeds: list[int], parts: int) -> list[list[int]]:
+    """Contiguous chunks of near-equal size, in order (empty chunks dropped)."""
+    size, extra = divmod(len(seeds), parts)
+    chunks, start = [], 0
+    for index in range(parts):
+        end = start + size + (1 if index < extra else 0)
+        chunks.append(seeds[start:end])
+        start = end
+    return [chunk for chunk in chunks if chunk]
+
+
+class WorkerPool:
+    """`num_workers` stateless actors for one job's task family."""
+
+    def __init__(
+        self,
+        *,
+        task: str,
+        task_options: dict[str, Any],
+        num_workers: int,
+        round_timeout_s: float = 300.0,
+        chunk_retries: int = 2,
+        num_cpus: float = 1.0,
+    ) -> None:
+        available = total_cpus()
+        if num_workers * num_cpus > available:
+            raise PoolError(
+                f"{num_workers} workers need {num_workers * num_cpus:g} CPUs; "
+                f"the Ray cluster has {available:g}"
+            )
+        self._remote = ray.remote(InnerLoopWorker).options(num_cpus=num_cpus)
+        self._init_args = (task, task_options)
+        self._round_timeout_s = round_timeout_s
+        self._chunk_retries = chunk_retries
+        self.actors = [self._new_actor() for _ in range(num_workers)]
+
+    def _new_actor(self) -> Any:
+        return self._remote.remote(*self._init_args)
+
+    def _replace(self, slot: int) -> Any:
+        """Kill the actor in `slot` (dead, failed or hung) and start a fresh one there."""
+        ray.kill(self.actors[slot], no_restart=True)
+        self.actors[slot] = self._new_actor()
+        return self.actors[slot]
+
+    def run_round(self, phi: Params, seeds: list[int], inner: InnerConfig) -> RoundOutput:
+        """Run every task of `seeds` from φ and return Σ(W_i − φ) with per-task losses."""
+        phi_ref = ray.put(to_numpy(phi))  # once per round; actors read it zero-copy
+        chunks = split(seeds, len(self.actors))
+        results: list[ChunkOutput | None] = [None] * len(chunks)
+        pending: dict[Any, tuple[int, int]] = {}  # ref -> (chunk index, attempt)
+
+        def submit(index: int, attempt: int, actor: Any) -> None:
+            pending[actor.run_chunk.remote(phi_ref, chunks[index], inner)] = (index, attempt)
+
+        for index in range(len(chunks)):
+            submit(index, 0, self.actors[index])
+        deadline = time.monotonic() + self._round_timeout_s
+        while pending:
+            timeout = max(0.0, deadline - time.monotonic())
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=timeout)
+            if not ready:  # the deadline passed: every chunk still out is retried
+                ready = list(pending)
+            for ref in ready:
+                index, attempt = pending.pop(ref)
+                try:
+                    results[index] = ray.get(ref, timeout=0)
+                except (RayError, GetTimeoutError) as error:
+                    if attempt >= self._chunk_retries:
+                        raise PoolError(
+                            f"chunk {index} of the round failed {attempt + 1} times: {error}"
+                        ) from error
+                    log.warning("chunk %d failed (%s); retrying on a fresh actor", index, error)
+                    submit(index, attempt + 1, self._replace(index))
+                    deadline = time.monotonic() + self._round_timeout_s
+        outputs = [r for r in results if r is not None]
+        return RoundOutput(
+            delta_sum=total(from_numpy(o.delta_sum) for o in outputs),
+            count=sum(o.count for o in outputs),
+            loss_before=np.concatenate([o.loss_before for o in outputs]),
+            loss_after=np.concatenate([o.loss_after for o in outputs]),
+            compute_seconds=max(o.compute_seconds for o in outputs),
+        )
+
+    def shutdown(self) -> None:
+        for actor in self.actors:
+            ray.kill(actor, no_restart=True)
+        self.actors = []
