@@ -29,9 +29,9 @@ ADAM_EPS = 1e-8
 class InnerConfig:
     """How one task is learnt: `steps` mini-batch steps of `optimizer` with learning rate `lr`."""
 
-    steps: int = 5
-    batch_size: int = 10
-    lr: float = 0.02
+    steps: int
+    batch_size: int
+    lr: float
     optimizer: InnerOptimizer = "sgd"
 
 

@@ -8,7 +8,7 @@ can be checkpointed like any optimiser's.
 """
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -21,14 +21,14 @@ OuterOptimizer = Literal["sgd", "adam"]
 
 @dataclass(frozen=True)
 class MetaConfig:
-    """The outer loop's hyper-parameters (names as in the job spec and the MLflow params)."""
+    """The outer loop's hyper-parameters, named as in the job spec (which holds the defaults)."""
 
-    rounds: int = 1000
-    meta_batch_size: int = 5
-    outer_lr: float = 1.0
+    rounds: int
+    meta_batch_size: int
+    outer_lr: float
+    inner: InnerConfig
     outer_lr_final: float = 0.0
     outer_optimizer: OuterOptimizer = "sgd"
-    inner: InnerConfig = field(default_factory=InnerConfig)
 
 
 def epsilon(round_index: int, config: MetaConfig) -> float:

@@ -120,23 +120,26 @@ class Controller:
 
     def cancel(self, job_id: str) -> JobRecord:
         """Stop the job after its current round, keeping φ; a queued job never starts."""
-        record = self.get(job_id)
-        if record.state.terminal:
-            raise Conflict(f"job {job_id} is already {record.state.value}")
         with self._lock:
-            self._active[job_id].stop.set()
+            record = self.get(job_id)
+            active = self._active.get(job_id)
+            if record.state.terminal or active is None:
+                raise Conflict(f"job {job_id} is already {record.state.value}")
+            active.stop.set()
             if record.state == JobState.queued:
                 self._update(job_id, state=JobState.cancelled, finished_at=now())
         return self.get(job_id)
 
     def resume(self, job_id: str) -> JobRecord:
         """Continue a cancelled or failed job from its last checkpoint, in the same MLflow run."""
-        record = self.get(job_id)
-        if record.state not in (JobState.cancelled, JobState.failed):
-            raise Conflict(
-                f"job {job_id} is {record.state.value}; only cancelled or failed jobs resume"
-            )
         with self._lock:
+            record = self.get(job_id)
+            if record.state not in (JobState.cancelled, JobState.failed):
+                raise Conflict(
+                    f"job {job_id} is {record.state.value}; only cancelled or failed jobs resume"
+                )
+            if job_id in self._active:
+                raise Conflict(f"job {job_id} is still stopping; resume it in a moment")
             self._update(job_id, state=JobState.queued, error=None, finished_at=None)
             self._enqueue(job_id)
         return self.get(job_id)
@@ -231,7 +234,8 @@ class Controller:
         record = self.get(job_id)
         spec = record.spec
         self._update(job_id, state=JobState.running, started_at=record.started_at or now())
-        status, tracker, pool = "FAILED", None, None
+        status: str | None = "FAILED"
+        tracker, pool = None, None
         try:
             checkpoint_path = self.store.checkpoint_path(job_id)
             resume = read_checkpoint(checkpoint_path) if checkpoint_path.exists() else None
@@ -248,7 +252,7 @@ class Controller:
             active.trainer = trainer
             completed = trainer.run(should_stop=active.stop.is_set)
             if not completed and active.interrupted:
-                status = ""  # left running: the next start resumes it in the same run
+                status = None  # left running: the next start resumes it in the same run
                 return
             write_weights(self.store.weights_path(job_id), trainer.phi)
             tracker.log_artifact(weights_to_bytes(trainer.phi), "weights/phi.safetensors")
@@ -266,7 +270,7 @@ class Controller:
         finally:
             if pool is not None:
                 pool.shutdown()
-            if tracker is not None and status:
+            if tracker is not None:
                 tracker.finish(status)
                 self._update(job_id, mlflow=self._mlflow_info(tracker.run, tracker))
             self._finish(job_id)

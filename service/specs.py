@@ -32,9 +32,11 @@ class SineJobSpec(BaseModel):
     inner_batch_size: int = Field(default=10, ge=1, le=10_000, description="Points per step")
     inner_lr: FiniteFloat = Field(default=0.02, gt=0, le=100, description="Inner step size")
     inner_optimizer: Literal["sgd", "adam"] = Field(default="sgd", description="Inner optimiser")
-    outer_lr: FiniteFloat = Field(default=1.0, gt=0, le=100, description="ε at round 0")
+    outer_lr: FiniteFloat = Field(default=0.005, gt=0, le=100, description="ε at round 0")
     outer_lr_final: FiniteFloat = Field(default=0.0, ge=0, le=100, description="ε at the end")
-    outer_optimizer: Literal["sgd", "adam"] = Field(default="sgd", description="Outer optimiser")
+    outer_optimizer: Literal["sgd", "adam"] = Field(
+        default="adam", description="sgd: plain Reptile; adam: Adam on the pseudo-gradient φ − W"
+    )
     num_workers: int = Field(default=2, ge=1, le=256, description="Ray actors")
     eval_every: int = Field(default=250, ge=0, le=1_000_000, description="Rounds between evals")
     eval_tasks: int = Field(default=32, ge=1, le=10_000, description="Held-out tasks per eval")

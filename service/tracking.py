@@ -50,7 +50,7 @@ class _Artifact:
 
 @dataclass(frozen=True)
 class _End:
-    status: str
+    status: str | None  # None: leave the run open (the job will resume in it)
 
 
 class Tracker:
@@ -100,11 +100,12 @@ class Tracker:
         staged.write_bytes(data)
         self._queue.put(_Artifact(staged, artifact_dir))
 
-    def finish(self, status: str, timeout: float = 30.0) -> bool:
-        """End the run with `status` (FINISHED, FAILED, KILLED) once the queue is flushed.
+    def finish(self, status: str | None, timeout: float = 30.0) -> bool:
+        """Flush the queue, then end the run with `status` (FINISHED, FAILED, KILLED).
 
-        Returns whether everything reached MLflow within `timeout`; if not, the thread keeps
-        trying in the background.
+        `status=None` flushes and leaves the run open for a job that will resume. Returns
+        whether everything reached MLflow within `timeout`; if not, the thread keeps trying
+        in the background.
         """
         self._queue.put(_End(status))
         self._thread.join(timeout)
@@ -183,7 +184,7 @@ class Tracker:
         elif isinstance(item, _Artifact):
             self._client.log_artifact(self.run.run_id, str(item.local_path), item.artifact_dir)
             shutil.rmtree(item.local_path.parent, ignore_errors=True)
-        else:
+        elif item.status is not None:
             self._client.set_terminated(self.run.run_id, status=item.status)
 
 

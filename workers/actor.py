@@ -4,6 +4,7 @@ It holds only what can be rebuilt at any time (the task family and a model skele
 restarted actor loses nothing.
 """
 
+import os
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -49,5 +50,6 @@ class InnerLoopWorker:
             compute_seconds=time.perf_counter() - start,
         )
 
-    def ping(self) -> bool:
-        return True
+    def pid(self) -> int:
+        """The actor's process id (to watch or kill it in tests and operations)."""
+        return os.getpid()

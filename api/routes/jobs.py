@@ -4,7 +4,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response, status
+from fastapi import APIRouter, Depends, Query, Response, status
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from api.deps import ControllerDep
@@ -44,10 +44,16 @@ def resume_job(job_id: str, controller: ControllerDep) -> JobPublic:
     return controller.resume(job_id)
 
 
+def _existing_job(job_id: str, controller: ControllerDep) -> str:
+    """Resolve the job before a stream starts, so an unknown id is a 404 and not a cut stream."""
+    return controller.get(job_id).id
+
+
 @router.get("/{job_id}/events", response_class=EventSourceResponse)
-async def job_events(job_id: str, controller: ControllerDep) -> AsyncIterator[ServerSentEvent]:
+async def job_events(
+    job_id: Annotated[str, Depends(_existing_job)], controller: ControllerDep
+) -> AsyncIterator[ServerSentEvent]:
     """`progress` events (the job record) whenever the round or state changes, then `end`."""
-    controller.get(job_id)  # 404 before the stream starts
     last = None
     while True:
         record = controller.get(job_id)

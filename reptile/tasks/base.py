@@ -34,7 +34,8 @@ class EvalTask:
 class TaskFamily(Protocol):
     """A distribution over tasks, with the model and the loss that fit it."""
 
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def make_model(self) -> nn.Module: ...
 

@@ -1,8 +1,17 @@
 """The inner loop: mini-batches, SGD and Adam steps against torch.optim and by hand."""
 
+from collections.abc import Callable
+
 import torch
 
-from reptile.inner import InnerConfig, adapt, full_batches, minibatch_indices, run_tasks
+from reptile.inner import (
+    InnerConfig,
+    InnerOptimizer,
+    adapt,
+    full_batches,
+    minibatch_indices,
+    run_tasks,
+)
 from reptile.params import init_params, params_of
 from reptile.tasks import task_seeds
 from reptile.tasks.sine import SineFamily
@@ -39,10 +48,11 @@ def test_inner_steps_match_torch_optim_for_sgd_and_adam() -> None:
     phi = init_params(model, 1)
     task = FAMILY.sample_task(9)
     batches = minibatch_indices(50, 8, 10, seed=9)
-    for optimizer, make in [
+    cases: list[tuple[InnerOptimizer, Callable[..., torch.optim.Optimizer]]] = [
         ("sgd", lambda p: torch.optim.SGD(p, lr=0.02)),
         ("adam", lambda p: torch.optim.Adam(p, lr=0.01, betas=(0.0, 0.999))),
-    ]:
+    ]
+    for optimizer, make in cases:
         lr = 0.02 if optimizer == "sgd" else 0.01
         weights = adapt(
             model, phi, task, loss_fn=FAMILY.loss, batches=batches, lr=lr, optimizer=optimizer
@@ -70,5 +80,5 @@ def test_run_tasks_sums_deltas_and_reports_losses() -> None:
     assert result.loss_before.shape == (4,) and result.loss_after.shape == (4,)
     assert (result.loss_after < result.loss_before).all()  # the inner loop learns each task
     for name in phi:
-        summed = sum(single.delta_sum[name] for single in singles)
+        summed = torch.stack([single.delta_sum[name] for single in singles]).sum(0)
         assert torch.allclose(result.delta_sum[name], summed, atol=1e-6)

@@ -1,20 +1,24 @@
 """The meta-update: ε schedule, one Reptile step by hand, outer Adam, serial reference."""
 
+import pytest
 import torch
 
 from reptile.evaluate import evaluate
-from reptile.inner import InnerConfig, run_tasks
-from reptile.meta import MetaConfig, MetaOptimizer, epsilon
-from reptile.params import init_params, scale, subtract
+from reptile.inner import InnerConfig, InnerOptimizer, run_tasks
+from reptile.meta import MetaConfig, MetaOptimizer, OuterOptimizer, epsilon
+from reptile.params import init_params, scale, subtract, total
 from reptile.serial import train_serial
 from reptile.tasks import eval_task_seeds, task_seeds
 from reptile.tasks.sine import SineFamily
 
 FAMILY = SineFamily()
+SCHULMAN = InnerConfig(steps=5, batch_size=10, lr=0.02)  # the Reptile blog's inner loop
 
 
 def test_epsilon_anneals_linearly() -> None:
-    config = MetaConfig(rounds=100, outer_lr=1.0, outer_lr_final=0.2)
+    config = MetaConfig(
+        rounds=100, meta_batch_size=1, outer_lr=1.0, inner=SCHULMAN, outer_lr_final=0.2
+    )
     assert epsilon(0, config) == 1.0
     assert abs(epsilon(50, config) - 0.6) < 1e-12
     assert abs(epsilon(100, config) - 0.2) < 1e-12
@@ -61,31 +65,34 @@ def _chunked(config: MetaConfig, seed: int, chunks: int) -> dict[str, torch.Tens
         seeds = task_seeds(seed, r, config.meta_batch_size)
         parts = [seeds[i::chunks] for i in range(chunks)]
         results = [run_tasks(FAMILY, model, meta.phi, p, config.inner) for p in parts if p]
-        delta = {n: sum(res.delta_sum[n] for res in results) for n in meta.phi}
+        delta = total(res.delta_sum for res in results)
         meta.step(scale(delta, 1 / config.meta_batch_size), epsilon(r, config))
     return meta.phi
 
 
-def test_serial_reference_equals_the_chunked_functional_path() -> None:
-    for inner_optimizer, lr in [("sgd", 0.02), ("adam", 0.003)]:
-        config = MetaConfig(
-            rounds=6,
-            meta_batch_size=5,
-            outer_lr=1.0,
-            inner=InnerConfig(steps=5, batch_size=10, lr=lr, optimizer=inner_optimizer),
-        )
-        reference = train_serial(FAMILY, config, seed=3)
-        for chunks in (1, 2, 3):
-            phi = _chunked(config, 3, chunks)
-            for name in reference:
-                assert torch.allclose(phi[name], reference[name], atol=1e-5), (
-                    inner_optimizer,
-                    chunks,
-                )
+@pytest.mark.parametrize(
+    ("inner_optimizer", "lr", "outer_optimizer", "outer_lr"),
+    [("sgd", 0.02, "sgd", 1.0), ("adam", 0.003, "sgd", 1.0), ("sgd", 0.02, "adam", 0.005)],
+)
+def test_serial_reference_equals_the_chunked_functional_path(
+    inner_optimizer: InnerOptimizer, lr: float, outer_optimizer: OuterOptimizer, outer_lr: float
+) -> None:
+    config = MetaConfig(
+        rounds=6,
+        meta_batch_size=5,
+        outer_lr=outer_lr,
+        outer_optimizer=outer_optimizer,
+        inner=InnerConfig(steps=5, batch_size=10, lr=lr, optimizer=inner_optimizer),
+    )
+    reference = train_serial(FAMILY, config, seed=3)
+    for chunks in (1, 2, 3):
+        phi = _chunked(config, 3, chunks)
+        for name in reference:
+            assert torch.allclose(phi[name], reference[name], atol=1e-5), (chunks, name)
 
 
 def test_reptile_learns_an_initialisation_that_adapts_faster() -> None:
-    config = MetaConfig(rounds=300, meta_batch_size=5, outer_lr=1.0)
+    config = MetaConfig(rounds=300, meta_batch_size=5, outer_lr=1.0, inner=SCHULMAN)
     phi = train_serial(FAMILY, config, seed=0)
     model = FAMILY.make_model()
     seeds = eval_task_seeds(16)

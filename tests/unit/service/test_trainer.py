@@ -56,7 +56,7 @@ class RecordingSink:
 
 
 def test_trainer_matches_the_serial_reference_and_logs_everything(tmp_path: Path) -> None:
-    sink, progress = RecordingSink(), []
+    sink, progress = RecordingSink(), list[Progress]()
     trainer = MetaTrainer(
         SPEC,
         InProcessRunner(SPEC),

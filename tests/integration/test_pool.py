@@ -1,0 +1,72 @@
+"""The Ray worker pool against the serial reference, on a real local Ray."""
+
+import os
+import signal
+
+import pytest
+import ray
+import torch
+
+from reptile.inner import InnerConfig, InnerOptimizer
+from reptile.meta import MetaConfig, MetaOptimizer, epsilon
+from reptile.params import Params, init_params, scale
+from reptile.serial import train_serial
+from reptile.tasks import make_family, task_seeds
+from workers.pool import PoolError, WorkerPool, split
+
+pytestmark = pytest.mark.usefixtures("ray_cluster")
+
+FAMILY = make_family("sine")
+SCHULMAN = InnerConfig(steps=5, batch_size=10, lr=0.02)  # the Reptile blog's inner loop
+
+
+def _distributed(pool: WorkerPool, config: MetaConfig, seed: int) -> Params:
+    meta = MetaOptimizer(init_params(FAMILY.make_model(), seed), config.outer_optimizer)
+    for r in range(config.rounds):
+        out = pool.run_round(meta.phi, task_seeds(seed, r, config.meta_batch_size), config.inner)
+        assert out.count == config.meta_batch_size
+        meta.step(scale(out.delta_sum, 1 / out.count), epsilon(r, config))
+    return meta.phi
+
+
+def test_split_keeps_order_and_sizes() -> None:
+    assert split(list(range(7)), 3) == [[0, 1, 2], [3, 4], [5, 6]]
+    assert split([1, 2], 3) == [[1], [2]]
+
+
+@pytest.mark.parametrize("inner_optimizer", ["sgd", "adam"])
+def test_same_phi_as_the_serial_loop_with_1_2_3_actors(inner_optimizer: InnerOptimizer) -> None:
+    lr = 0.02 if inner_optimizer == "sgd" else 0.003
+    config = MetaConfig(
+        rounds=5,
+        meta_batch_size=7,
+        outer_lr=1.0,
+        inner=InnerConfig(steps=5, batch_size=10, lr=lr, optimizer=inner_optimizer),
+    )
+    reference = train_serial(FAMILY, config, seed=11)
+    for workers in (1, 2, 3):
+        pool = WorkerPool(task="sine", task_options={}, num_workers=workers)
+        try:
+            phi = _distributed(pool, config, seed=11)
+        finally:
+            pool.shutdown()
+        for name in reference:
+            assert torch.allclose(phi[name], reference[name], atol=1e-5), (workers, name)
+
+
+def test_a_killed_actor_is_replaced_and_the_round_is_unchanged() -> None:
+    config = MetaConfig(rounds=3, meta_batch_size=6, outer_lr=1.0, inner=SCHULMAN)
+    reference = train_serial(FAMILY, config, seed=2)
+    pool = WorkerPool(task="sine", task_options={}, num_workers=2, chunk_retries=2)
+    try:
+        pid = ray.get(pool.actors[1].pid.remote())
+        os.kill(pid, signal.SIGKILL)
+        phi = _distributed(pool, config, seed=2)
+    finally:
+        pool.shutdown()
+    assert all(torch.allclose(phi[n], reference[n], atol=1e-5) for n in reference)
+
+
+def test_more_workers_than_cpus_is_refused_up_front() -> None:
+    with pytest.raises(PoolError, match="the Ray cluster has 4"):
+        WorkerPool(task="sine", task_options={}, num_workers=5)

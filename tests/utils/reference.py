@@ -1,0 +1,29 @@
+"""The serial reference φ for a job body, and the comparison the tests hold the service to."""
+
+from typing import Any
+
+import torch
+
+from reptile.params import Params
+from reptile.serial import train_serial
+from reptile.tasks import make_family
+from service.specs import JobSpec
+
+# Float noise (thread counts, summation order) stays ~1e-7 under SGD. Adam on the pseudo-
+# gradient divides by its running RMS, which magnifies the noise of near-zero coordinates to
+# ~1e-5 after a few dozen rounds; 1e-4 is still far below any real difference (weights ~0.1–1).
+ATOL = 1e-4
+
+
+def serial_phi(body: dict[str, Any]) -> Params:
+    spec = JobSpec.model_validate(body)
+    return train_serial(
+        make_family(spec.task, **spec.task_options()), spec.meta_config(), spec.seed
+    )
+
+
+def assert_same_phi(phi: Params, reference: Params) -> None:
+    assert phi.keys() == reference.keys()
+    for name in reference:
+        difference = (phi[name] - reference[name]).abs().max().item()
+        assert torch.allclose(phi[name], reference[name], atol=ATOL), (name, difference)

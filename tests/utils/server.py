@@ -1,0 +1,102 @@
+"""A real `reptile serve` in a subprocess on a free loopback port, and an SSE reader."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.utils.net import free_port, wait_until
+
+
+@dataclass
+class Server:
+    url: str
+    data_dir: Path
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def tracking_uri(self) -> str:
+        return f"sqlite:///{self.data_dir / 'mlflow.db'}"
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=60)
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            self.process.wait(timeout=120)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def start_server(data_dir: Path, **env: str) -> Server:
+    """Start the service like a user would (`reptile serve --no-ui`) and wait until it is ready."""
+    port = free_port()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log_path = data_dir / f"server-{port}.log"
+    environment = {
+        **os.environ,
+        "REPTILE_DATA_DIR": str(data_dir),
+        "REPTILE_RAY_NUM_CPUS": "4",
+        **env,
+    }
+    environment.pop("MLFLOW_TRACKING_URI", None)
+    environment.pop("RAY_ADDRESS", None)
+    reptile = Path(sys.executable).with_name("reptile")
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [str(reptile), "serve", "--no-ui", "--host", "127.0.0.1", "--port", str(port)],
+            env=environment,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    server = Server(f"http://127.0.0.1:{port}", data_dir, process, log_path)
+
+    def ready() -> bool:
+        if process.poll() is not None:
+            raise AssertionError(f"server exited with {process.returncode}:\n{server.log()}")
+        try:
+            return httpx.get(f"{server.url}/readyz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_until(ready, 180, "the server to become ready")
+    return server
+
+
+def events(
+    client: httpx.Client, path: str, timeout: float = 300
+) -> Iterator[tuple[str | None, Any]]:
+    """The (event, data) pairs of a server-sent event stream."""
+    with client.stream("GET", path, timeout=timeout) as response:
+        assert response.status_code == 200, response.read()
+        assert response.headers["content-type"].startswith("text/event-stream")
+        event = None
+        for line in response.iter_lines():
+            if line.startswith("event:"):
+                event = line.removeprefix("event:").strip()
+            elif line.startswith("data:"):
+                yield event, json.loads(line.removeprefix("data:"))
+
+
+def wait_for_state(
+    client: httpx.Client, job_id: str, states: set[str], timeout: float = 300
+) -> dict[str, Any]:
+    record: dict[str, Any] = {}
+
+    def reached() -> bool:
+        nonlocal record
+        record = client.get(f"/v1/jobs/{job_id}").json()
+        return record["state"] in states
+
+    wait_until(reached, timeout, f"job {job_id} to reach {states}", every=0.5)
+    return record
