@@ -234,6 +234,9 @@ class Controller:
         record = self.get(job_id)
         spec = record.spec
         self._update(job_id, state=JobState.running, started_at=record.started_at or now())
+        # The outcome is recorded only after MLflow has the whole run, so a job that reads
+        # `succeeded` has its metrics and artifacts in MLflow (unless tracking is degraded).
+        outcome: dict[str, object] = {"state": JobState.failed}
         status: str | None = "FAILED"
         tracker, pool = None, None
         try:
@@ -252,27 +255,25 @@ class Controller:
             active.trainer = trainer
             completed = trainer.run(should_stop=active.stop.is_set)
             if not completed and active.interrupted:
-                status = None  # left running: the next start resumes it in the same run
-                return
-            write_weights(self.store.weights_path(job_id), trainer.phi)
-            tracker.log_artifact(weights_to_bytes(trainer.phi), "weights/phi.safetensors")
-            status = "FINISHED" if completed else "KILLED"
-            state = JobState.succeeded if completed else JobState.cancelled
-            self._update(job_id, state=state, finished_at=now())
+                # left running: the next start resumes it, in the same MLflow run
+                outcome, status = {}, None
+            else:
+                write_weights(self.store.weights_path(job_id), trainer.phi)
+                tracker.log_artifact(weights_to_bytes(trainer.phi), "weights/phi.safetensors")
+                status = "FINISHED" if completed else "KILLED"
+                outcome["state"] = JobState.succeeded if completed else JobState.cancelled
         except Exception as error:
             log.exception("job %s failed", job_id)
-            self._update(
-                job_id,
-                state=JobState.failed,
-                finished_at=now(),
-                error=f"{type(error).__name__}: {error}",
-            )
+            outcome["error"] = f"{type(error).__name__}: {error}"
         finally:
             if pool is not None:
                 pool.shutdown()
             if tracker is not None:
                 tracker.finish(status)
-                self._update(job_id, mlflow=self._mlflow_info(tracker.run, tracker))
+                outcome["mlflow"] = self._mlflow_info(tracker.run, tracker)
+            if "state" in outcome:
+                outcome["finished_at"] = now()
+            self._update(job_id, **outcome)
             self._finish(job_id)
 
     def _finish(self, job_id: str) -> None:
