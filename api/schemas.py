@@ -1,8 +1,18 @@
 """Request and response models of the HTTP API, named by role (Create / Public)."""
 
+import base64
+import binascii
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    FiniteFloat,
+    PlainValidator,
+    WithJsonSchema,
+    model_validator,
+)
 
 from service.records import AdaptationRecord, JobRecord
 from service.specs import JobSpec
@@ -10,6 +20,8 @@ from service.specs import JobSpec
 MAX_SUPPORT_POINTS = 1_000
 MAX_QUERY_POINTS = 10_000
 MAX_ADAPTATION_STEPS = 10_000
+MAX_SUPPORT_IMAGES = 500
+MAX_QUERY_IMAGES = 1_000
 
 JobCreate = JobSpec
 JobPublic = JobRecord
@@ -19,6 +31,20 @@ AdaptationPublic = AdaptationRecord
 class JobsPublic(BaseModel):
     data: list[JobPublic]
     count: int
+
+
+class _AdaptationOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    steps: int | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_ADAPTATION_STEPS,
+        description="Adaptation steps (default: the job's eval_steps)",
+    )
+    lr: FiniteFloat | None = Field(
+        default=None, gt=0, le=100, description="Adaptation step size (default: the job's inner_lr)"
+    )
 
 
 class SineSupport(BaseModel):
@@ -40,22 +66,58 @@ class SineQuery(BaseModel):
     x: Annotated[list[FiniteFloat], Field(min_length=1, max_length=MAX_QUERY_POINTS)]
 
 
-class SineAdaptationCreate(BaseModel):
+class SineAdaptationCreate(_AdaptationOptions):
     """A new task's labelled support points and the inputs to predict after adaptation."""
-
-    model_config = ConfigDict(extra="forbid")
 
     support: SineSupport
     query: SineQuery
-    steps: int | None = Field(
-        default=None,
-        ge=0,
-        le=MAX_ADAPTATION_STEPS,
-        description="Adaptation steps (default: the job's eval_steps)",
-    )
-    lr: FiniteFloat | None = Field(
-        default=None, gt=0, le=100, description="Adaptation step size (default: the job's inner_lr)"
-    )
+
+
+def _strict_base64(value: object) -> bytes:
+    """Decode standard base64, rejecting stray characters (lenient decoders drop them)."""
+    if not isinstance(value, str):
+        raise ValueError("an image must be a base64 string")
+    try:
+        return base64.b64decode(value, validate=True)
+    except binascii.Error as error:
+        raise ValueError(f"invalid base64: {error}") from error
+
+
+Base64Image = Annotated[
+    bytes,
+    PlainValidator(_strict_base64),
+    WithJsonSchema({"type": "string", "contentEncoding": "base64"}),
+]
+Label = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class ImageSupport(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    images: Annotated[list[Base64Image], Field(min_length=1, max_length=MAX_SUPPORT_IMAGES)]
+    labels: Annotated[list[Label], Field(min_length=1, max_length=MAX_SUPPORT_IMAGES)]
+
+    @model_validator(mode="after")
+    def _one_label_per_image(self) -> "ImageSupport":
+        if len(self.images) != len(self.labels):
+            raise ValueError(f"{len(self.images)} support images but {len(self.labels)} labels")
+        return self
+
+
+class ImageQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    images: Annotated[list[Base64Image], Field(max_length=MAX_QUERY_IMAGES)] = []
+
+
+class ImageAdaptationCreate(_AdaptationOptions):
+    """Labelled support images (base64 PNG/JPEG) of a new task, and query images to classify.
+
+    The N distinct labels of the support set are the classes (N must be the job's `ways`).
+    """
+
+    support: ImageSupport
+    query: ImageQuery = ImageQuery()
 
 
 class WeightsJSON(BaseModel):

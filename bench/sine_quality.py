@@ -7,23 +7,20 @@ points), at the same number of tasks seen (30,000):
 2. the blog's serial loop (Schulman): one task per iteration, 5 inner steps, ε 0.1 → 0,
 3. the service's default job, run through a real `reptile serve` (local Ray, MLflow).
 
-    python bench/sine_quality.py [--eval-tasks 100] [--json]
+    python -m bench.sine_quality [--eval-tasks 100] [--json]
 """
 
 import argparse
 import json
-import os
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
-import httpx
 import torch
 from safetensors.torch import load
 
+from bench.server import run_job, running_server
 from reptile.evaluate import evaluate
 from reptile.inner import InnerConfig
 from reptile.meta import MetaConfig
@@ -41,48 +38,12 @@ SCHULMAN = MetaConfig(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def run_default_job() -> tuple[dict[str, torch.Tensor], float, dict[str, object]]:
-    """Start a server on a temporary data dir, run `{}` (all defaults), return φ and seconds."""
-    data_dir = Path(tempfile.mkdtemp(prefix="reptile-bench-"))
-    port = _free_port()
-    env = {**os.environ, "REPTILE_DATA_DIR": str(data_dir)}
-    reptile = Path(sys.executable).with_name("reptile")
-    server = subprocess.Popen(
-        [str(reptile), "serve", "--no-ui", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        with httpx.Client(base_url=url, timeout=60) as client:
-            for _ in range(600):
-                try:
-                    if client.get("/readyz").status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    time.sleep(0.5)
-            job = client.post("/v1/jobs", json={}).json()
-            started = time.perf_counter()
-            while (record := client.get(f"/v1/jobs/{job['id']}").json())["state"] in (
-                "queued",
-                "running",
-            ):
-                time.sleep(1)
-            seconds = time.perf_counter() - started
-            if record["state"] != "succeeded":
-                raise SystemExit(f"default job {record['state']}: {record['error']}")
-            phi = load(client.get(f"/v1/jobs/{job['id']}/weights").content)
-            return phi, seconds, record
-    finally:
-        server.terminate()
-        server.wait(120)
+def run_default_job() -> tuple[dict[str, torch.Tensor], float, dict[str, Any]]:
+    """Run `{}` (all defaults) on a fresh server; return φ, the seconds it ran, its record."""
+    with running_server(Path(tempfile.mkdtemp(prefix="reptile-bench-"))) as client:
+        record, seconds = run_job(client, {})
+        phi = load(client.get(f"/v1/jobs/{record['id']}/weights").content)
+    return phi, seconds, record
 
 
 def main() -> None:

@@ -76,8 +76,12 @@ def adapt_and_predict(
     steps: int,
     lr: float,
     optimizer: InnerOptimizer,
+    transductive: bool = True,
 ) -> Adaptation:
-    """Adapt φ with `steps` full-batch steps on `support`, then predict `query_inputs`."""
+    """Adapt φ with `steps` full-batch steps on `support`, then predict `query_inputs`.
+
+    `transductive` only matters for models with batch norm (see `classify`).
+    """
     weights = adapt(
         model,
         phi,
@@ -92,5 +96,53 @@ def adapt_and_predict(
             weights=weights,
             loss_before=task_loss(model, phi, family.loss, support).item(),
             loss_after=task_loss(model, weights, family.loss, support).item(),
-            predictions=functional_call(model, weights, (query_inputs,)),
+            predictions=classify(model, weights, support.inputs, query_inputs, transductive),
         )
+
+
+def accuracy(logits: Tensor, targets: Tensor) -> Tensor:
+    """The fraction of rows whose highest logit is the target class, as a 0-d tensor."""
+    return (logits.argmax(dim=-1) == targets).float().mean()
+
+
+def classify(
+    model: nn.Module, weights: Params, support: Tensor, queries: Tensor, transductive: bool
+) -> Tensor:
+    """Logits (queries, ways) of the adapted model.
+
+    Transductive (the paper): the queries form one batch, so batch norm uses their statistics.
+    Otherwise each query is classified in a batch with the support set alone.
+    """
+    with torch.no_grad():
+        if len(queries) == 0:  # nothing to classify: an empty (0, ways) batch
+            return functional_call(model, weights, (support,))[:0]
+        if transductive:
+            return functional_call(model, weights, (queries,))
+        return torch.stack(
+            [functional_call(model, weights, (torch.cat([support, q[None]]),))[-1] for q in queries]
+        )
+
+
+def adapted_accuracy(
+    family: TaskFamily,
+    model: nn.Module,
+    phi: Params,
+    task: EvalTask,
+    *,
+    steps: int,
+    lr: float,
+    optimizer: InnerOptimizer,
+    transductive: bool = True,
+) -> float:
+    """Query accuracy after `steps` full-batch steps on the support set."""
+    weights = adapt(
+        model,
+        phi,
+        task.support,
+        loss_fn=family.loss,
+        batches=full_batches(len(task.support.inputs), steps),
+        lr=lr,
+        optimizer=optimizer,
+    )
+    logits = classify(model, weights, task.support.inputs, task.query.inputs, transductive)
+    return accuracy(logits, task.query.targets).item()

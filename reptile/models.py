@@ -1,6 +1,7 @@
-"""Models of the paper: an MLP for sine regression (Conv4 for images comes with that family)."""
+"""Models of the paper: an MLP for sine regression, Conv4 for few-shot image classification."""
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 
 def sine_mlp(hidden: int = 64) -> nn.Sequential:
@@ -12,3 +13,38 @@ def sine_mlp(hidden: int = 64) -> nn.Sequential:
         nn.Tanh(),
         nn.Linear(hidden, 1),
     )
+
+
+def _conv_block(in_channels: int, filters: int) -> nn.Sequential:
+    # Batch statistics always (track_running_stats=False): the paper's transductive setting, and
+    # no buffers, so the model is a pure function of its parameters under functional_call/vmap.
+    return nn.Sequential(
+        nn.Conv2d(in_channels, filters, kernel_size=3, padding=1),
+        nn.BatchNorm2d(filters, track_running_stats=False),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+    )
+
+
+class Conv4(nn.Module):
+    """The few-shot ConvNet of the paper (after Vinyals et al. 2016): 4 conv blocks, linear head.
+
+    `filters` is 64 for 28×28 Omniglot and 32 for 84×84 Mini-ImageNet, as in the paper.
+    """
+
+    def __init__(self, ways: int, channels: int = 1, image_size: int = 28, filters: int = 64):
+        super().__init__()
+        self.features = nn.Sequential(
+            _conv_block(channels, filters),
+            _conv_block(filters, filters),
+            _conv_block(filters, filters),
+            _conv_block(filters, filters),
+        )
+        side = image_size // 2 // 2 // 2 // 2  # each max-pool halves, rounding down
+        if side < 1:
+            raise ValueError(f"Conv4 needs images of at least 16×16, got {image_size}")
+        self.head = nn.Linear(filters * side * side, ways)
+
+    def forward(self, images: Tensor) -> Tensor:
+        """Class logits (n, ways) for images (n, channels, image_size, image_size)."""
+        return self.head(torch.flatten(self.features(images), start_dim=1))

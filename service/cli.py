@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from service.records import now
 from service.settings import Settings
-from service.specs import JobSpec
+from service.specs import AnyJobSpec, parse_spec
 from service.store import new_id
 from service.tracking import run_url
 from service.trainer import MetaTrainer, Progress
@@ -73,11 +73,11 @@ def serve(
             mlflow_ui.wait(timeout=30)
 
 
-def load_spec(path: Path) -> JobSpec:
+def load_spec(path: Path) -> AnyJobSpec:
     """A job spec from a YAML or JSON file, validated exactly like the API's request body."""
     text = path.read_text()
     data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    return JobSpec.model_validate(data or {})
+    return parse_spec(data or {})
 
 
 @app.command()
@@ -88,13 +88,17 @@ def train(
     output: Annotated[Path | None, typer.Option(help="Where to write φ (safetensors)")] = None,
 ) -> None:
     """Run one job in this process (Ray workers, MLflow run), with a progress bar."""
-    from service.runtime import make_pool, make_tracker
+    from service.runtime import make_pool, make_tracker, prepare_dataset
 
     try:
         spec = load_spec(job_file)
     except (ValidationError, ValueError, yaml.YAMLError) as error:
         raise typer.BadParameter(str(error), param_hint="JOB_FILE") from error
     settings = Settings()
+    try:
+        dataset = prepare_dataset(settings, spec)
+    except ValueError as error:
+        raise typer.BadParameter(f"data: {error}", param_hint="JOB_FILE") from error
     job_id = new_id()
     run_dir = settings.data_dir / "runs" / f"{now():%Y%m%d-%H%M%S}-{job_id[:8]}"
     output = output or run_dir / "weights.safetensors"
@@ -106,7 +110,7 @@ def train(
         tags={"job_id": job_id, "source": "cli"},
         staging_dir=run_dir / "mlflow-staging",
     )
-    pool = make_pool(settings, spec)
+    pool = make_pool(settings, spec, dataset)
     with tqdm(total=spec.rounds, unit="round") as bar:
 
         def on_progress(progress: Progress) -> None:
@@ -115,7 +119,12 @@ def train(
             bar.set_postfix({k: f"{v:.3g}" for k, v in list(shown.items())[:3]}, refresh=True)
 
         trainer = MetaTrainer(
-            spec, pool, tracker, run_dir / "checkpoint.safetensors", on_progress=on_progress
+            spec,
+            pool,
+            tracker,
+            run_dir / "checkpoint.safetensors",
+            on_progress=on_progress,
+            dataset=dataset,
         )
         try:
             trainer.run()

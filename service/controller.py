@@ -11,15 +11,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-import torch
-
-from reptile.evaluate import adapt_and_predict
 from reptile.params import Params
-from reptile.tasks import Task, make_family
+from service.adaptation import AdaptationError, Outcome, adapt_images, adapt_points
+from service.datasets import DatasetError
 from service.records import AdaptationRecord, JobRecord, JobState, MlflowInfo, now
-from service.runtime import make_pool, make_tracker
+from service.runtime import make_pool, make_tracker, prepare_dataset
 from service.settings import Settings
-from service.specs import JobSpec
+from service.specs import AnyJobSpec, SineJobSpec
 from service.store import Store, new_id
 from service.tracking import RunRef, Tracker, run_url
 from service.trainer import MetaTrainer, Progress
@@ -89,16 +87,22 @@ class Controller:
         self._executor.shutdown(wait=True, cancel_futures=True)
 
     # --- jobs ---------------------------------------------------------------------------
-    def submit(self, spec: JobSpec) -> JobRecord:
+    def submit(self, spec: AnyJobSpec) -> JobRecord:
+        """Queue a job; an image job's data set is checked and prepared here, before it runs."""
         cpus = total_cpus()
         if spec.num_workers > cpus:
             raise Invalid(
                 f"num_workers={spec.num_workers} exceeds the {cpus:g} CPUs of the Ray cluster"
             )
+        try:
+            dataset = prepare_dataset(self.settings, spec)
+        except DatasetError as error:
+            raise Invalid(f"data: {error}") from error
         job_id = new_id()
         record = JobRecord(
             id=job_id,
             spec=spec,
+            dataset=dataset,
             rounds=spec.rounds,
             mlflow=MlflowInfo(tracking_uri=self.settings.tracking_uri),
         )
@@ -160,46 +164,72 @@ class Controller:
         raise Conflict(f"job {job_id} has no weights yet (it is {record.state.value})")
 
     # --- adaptations ----------------------------------------------------------------------
-    def adapt(
+    def adapt_points(
         self,
         job_id: str,
         *,
-        support_inputs: list[float],
-        support_targets: list[float],
-        query_inputs: list[float],
+        x: list[float],
+        y: list[float],
+        query_x: list[float],
         steps: int | None,
         lr: float | None,
     ) -> AdaptationRecord:
-        """Adapt the job's current φ to a new task's support set and predict its queries."""
-        spec = self.get(job_id).spec
+        """Adapt a sine job's current φ to new (x, y) points and predict `query_x`."""
+        record = self.get(job_id)
+        if not isinstance(record.spec, SineJobSpec):
+            raise Invalid(f"job {job_id} is a {record.spec.task} job: send labelled images")
         phi, round_reached = self.weights(job_id)
-        family = make_family(spec.task, **spec.task_options())
+        steps = steps if steps is not None else record.spec.eval_steps
+        lr = lr if lr is not None else record.spec.inner_lr
+        outcome = adapt_points(record.spec, phi, x=x, y=y, query_x=query_x, steps=steps, lr=lr)
+        return self._save_adaptation(job_id, round_reached, steps, lr, outcome)
+
+    def adapt_images(
+        self,
+        job_id: str,
+        *,
+        support: list[bytes],
+        labels: list[str],
+        query: list[bytes],
+        steps: int | None,
+        lr: float | None,
+    ) -> AdaptationRecord:
+        """Adapt an image job's current φ to labelled images and classify the query images."""
+        record = self.get(job_id)
+        spec = record.spec
+        if isinstance(spec, SineJobSpec) or record.dataset is None:
+            raise Invalid(f"job {job_id} is a sine job: send support x/y points")
+        phi, round_reached = self.weights(job_id)
         steps = steps if steps is not None else spec.eval_steps
         lr = lr if lr is not None else spec.inner_lr
-        support = Task(
-            inputs=torch.tensor(support_inputs, dtype=torch.float32).unsqueeze(1),  # (n, 1)
-            targets=torch.tensor(support_targets, dtype=torch.float32).unsqueeze(1),
-        )
-        result = adapt_and_predict(
-            family,
-            family.make_model(),
-            phi,
-            support,
-            torch.tensor(query_inputs, dtype=torch.float32).unsqueeze(1),
-            steps=steps,
-            lr=lr,
-            optimizer=spec.inner_optimizer,
-        )
+        try:
+            outcome = adapt_images(
+                spec,
+                record.dataset,
+                phi,
+                support=support,
+                labels=labels,
+                query=query,
+                steps=steps,
+                lr=lr,
+            )
+        except AdaptationError as error:
+            raise Invalid(str(error)) from error
+        return self._save_adaptation(job_id, round_reached, steps, lr, outcome)
+
+    def _save_adaptation(
+        self, job_id: str, round_reached: int, steps: int, lr: float, outcome: Outcome
+    ) -> AdaptationRecord:
         record = AdaptationRecord(
             id=new_id(),
             job_id=job_id,
             round=round_reached,
             steps=steps,
             lr=lr,
-            support_loss={"before": result.loss_before, "after": result.loss_after},
-            predictions=result.predictions.squeeze(1).tolist(),
+            support_loss=outcome.support_loss,
+            predictions=outcome.predictions,
         )
-        self.store.save_adaptation(record, result.weights)
+        self.store.save_adaptation(record, outcome.weights)
         return record
 
     def adaptation(self, adaptation_id: str) -> AdaptationRecord:
@@ -243,13 +273,14 @@ class Controller:
             checkpoint_path = self.store.checkpoint_path(job_id)
             resume = read_checkpoint(checkpoint_path) if checkpoint_path.exists() else None
             tracker = self._tracker(record)
-            pool = make_pool(self.settings, spec)
+            pool = make_pool(self.settings, spec, record.dataset)
             trainer = MetaTrainer(
                 spec,
                 pool,
                 tracker,
                 checkpoint_path,
                 resume=resume,
+                dataset=record.dataset,
                 on_progress=lambda progress: self._progress(job_id, progress, tracker),
             )
             active.trainer = trainer

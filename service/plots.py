@@ -1,4 +1,5 @@
-"""Figures logged to MLflow: the sine fit (as in the Reptile blog) and the learning curve."""
+"""Figures logged to MLflow: the sine fit (as in the Reptile blog), a few-shot prediction grid
+and the learning curve."""
 
 import io
 
@@ -7,10 +8,13 @@ import matplotlib
 matplotlib.use("Agg")  # no display on servers; must precede pyplot
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from torch import nn  # noqa: E402
 from torch.func import functional_call  # noqa: E402
 
-from reptile.inner import InnerOptimizer, adapt, full_batches  # noqa: E402
+from reptile.evaluate import adapt_and_predict  # noqa: E402
+from reptile.inner import InnerOptimizer  # noqa: E402
 from reptile.params import Params  # noqa: E402
+from reptile.tasks import EvalTask, TaskFamily  # noqa: E402
 from reptile.tasks.sine import SineFamily  # noqa: E402
 
 
@@ -34,18 +38,11 @@ def sine_fit_png(
     """True curve, φ's prediction, the prediction after `steps` adaptation steps, the shots."""
     model = family.make_model()
     task = family.sample_eval_task(seed)
-    weights = adapt(
-        model,
-        phi,
-        task.support,
-        loss_fn=family.loss,
-        batches=full_batches(len(task.support.inputs), steps),
-        lr=lr,
-        optimizer=optimizer,
-    )
     x = task.query.inputs  # (50, 1)
     before = functional_call(model, phi, (x,)).detach()
-    after = functional_call(model, weights, (x,)).detach()
+    after = adapt_and_predict(
+        family, model, phi, task.support, x, steps=steps, lr=lr, optimizer=optimizer
+    ).predictions
     figure, axes = plt.subplots(figsize=(7, 4))
     axes.plot(x, task.query.targets, "k-", label="true")
     axes.plot(x, before, "b--", label="before adaptation (φ)")
@@ -65,4 +62,43 @@ def learning_curve_png(history: list[dict[str, float]], metric_prefix: str) -> b
         axes.plot(rounds, [row.get(key, float("nan")) for row in history], marker="o", label=key)
     axes.set(xlabel="round", ylabel="held-out loss", yscale="log", title="Learning curve")
     axes.legend(fontsize=8)
+    return _png(figure)
+
+
+def prediction_grid_png(
+    family: TaskFamily,
+    model: nn.Module,
+    phi: Params,
+    task: EvalTask,
+    *,
+    steps: int,
+    lr: float,
+    optimizer: InnerOptimizer,
+    title: str,
+) -> bytes:
+    """The support images by class, then each query image with its predicted label."""
+    predicted = adapt_and_predict(
+        family,
+        model,
+        phi,
+        task.support,
+        task.query.inputs,
+        steps=steps,
+        lr=lr,
+        optimizer=optimizer,
+    ).predictions.argmax(-1)
+    rows = [("support", task.support, task.support.targets), ("query", task.query, predicted)]
+    columns = max(len(t.inputs) for _, t, _ in rows)
+    figure, axes = plt.subplots(2, columns, figsize=(columns * 0.9, 2.4), squeeze=False)
+    for row, (kind, part, labels) in enumerate(rows):
+        for column in range(columns):
+            axis = axes[row][column]
+            axis.axis("off")
+            if column >= len(part.inputs):
+                continue
+            image = part.inputs[column].permute(1, 2, 0).squeeze(-1)  # (H, W) or (H, W, 3)
+            axis.imshow(image, cmap="gray" if image.dim() == 2 else None)
+            right = kind == "support" or labels[column] == part.targets[column]
+            axis.set_title(str(int(labels[column])), fontsize=7, color="black" if right else "red")
+    figure.suptitle(f"{title}: support labels, then predictions (red: wrong)", fontsize=8)
     return _png(figure)

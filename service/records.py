@@ -38,6 +38,9 @@ class MlflowInfo(BaseModel):
 class JobRecord(BaseModel):
     id: str
     spec: JobSpec
+    dataset: str | None = Field(
+        default=None, description="An image job's prepared data set (made from spec.data)"
+    )
     state: JobState = JobState.queued
     round: int = Field(default=0, description="Rounds completed")
     rounds: int
@@ -52,6 +55,11 @@ class JobRecord(BaseModel):
     finished_at: datetime | None = None
 
 
+class ClassPrediction(BaseModel):
+    label: str
+    probabilities: dict[str, float]
+
+
 class AdaptationRecord(BaseModel):
     id: str
     job_id: str
@@ -59,5 +67,7 @@ class AdaptationRecord(BaseModel):
     steps: int
     lr: float
     support_loss: dict[str, float] = Field(description="{'before': …, 'after': …}")
-    predictions: list[float]
+    predictions: list[float] | list[ClassPrediction] = Field(
+        description="Per query input: a value (regression) or a label with probabilities"
+    )
     created_at: datetime = Field(default_factory=now)

@@ -1,21 +1,52 @@
-"""Wiring one job to its real collaborators: a Ray worker pool and an MLflow tracker.
+"""Wiring one job to its real collaborators: its data set, a Ray worker pool, an MLflow tracker.
 
-Shared by the controller and `reptile train`, so both log the same way to the same store.
+Shared by the controller and `reptile train`, so both run and log a job the same way.
 """
 
 from collections.abc import Callable
 from pathlib import Path
 
+from reptile.tasks import make_family
+from service.datasets import DatasetError, prepare_image_folder, prepare_omniglot
 from service.settings import Settings
-from service.specs import JobSpec
+from service.specs import AnyJobSpec, SineJobSpec
 from service.tracking import RunRef, Tracker
 from workers.pool import WorkerPool
 
 
-def make_pool(settings: Settings, spec: JobSpec) -> WorkerPool:
+def prepare_dataset(settings: Settings, spec: AnyJobSpec) -> str | None:
+    """An image job's prepared data set (decoded once, cached by content); None for sine.
+
+    Raises `DatasetError` (a ValueError) saying what is wrong with the path, the files, or
+    the job's N-way K-shot needs against the classes found.
+    """
+    if isinstance(spec, SineJobSpec):
+        return None
+    source = Path(spec.data).expanduser()
+    if not source.is_absolute():
+        source = (settings.data_root or Path.cwd()) / source
+    source = source.resolve()
+    if settings.data_root is not None and not source.is_relative_to(settings.data_root):
+        raise DatasetError(f"data {spec.data!r} lies outside the data root {settings.data_root}")
+    cache = settings.data_dir / "datasets"
+    needed = max(spec.shots, max(spec.eval_shots) + spec.queries)
+    if spec.task == "omniglot":
+        prepared = prepare_omniglot(source, cache, min_images=needed)
+    else:
+        prepared = prepare_image_folder(source, cache, min_images=needed)
+    try:  # the splits must hold enough classes for N-way tasks: fail now, not in a worker
+        make_family(spec.task, **spec.task_options(str(prepared)))
+        for k in spec.eval_shots:
+            make_family(spec.task, **spec.task_options(str(prepared)), split="test", eval_shots=k)
+    except ValueError as error:
+        raise DatasetError(str(error)) from error
+    return str(prepared)
+
+
+def make_pool(settings: Settings, spec: AnyJobSpec, dataset: str | None) -> WorkerPool:
     return WorkerPool(
         task=spec.task,
-        task_options=spec.task_options(),
+        task_options=spec.task_options(dataset),
         num_workers=spec.num_workers,
         round_timeout_s=settings.round_timeout_s,
         chunk_retries=settings.chunk_retries,
@@ -24,7 +55,7 @@ def make_pool(settings: Settings, spec: JobSpec) -> WorkerPool:
 
 def make_tracker(
     settings: Settings,
-    spec: JobSpec,
+    spec: AnyJobSpec,
     *,
     run_name: str,
     tags: dict[str, str],

@@ -27,6 +27,11 @@ class Settings(BaseSettings):
     mlflow_ui_url: str = Field(
         default="http://127.0.0.1:5000", description="Base URL of the MLflow UI, for run links"
     )
+    data_root: Path | None = Field(
+        default=None,
+        description="Where image jobs' `data` paths live: relative paths resolve here, and "
+        "when set, no path outside it is accepted",
+    )
     ray_address: str | None = Field(
         default=None,
         validation_alias=AliasChoices("REPTILE_RAY_ADDRESS", "RAY_ADDRESS"),
@@ -42,10 +47,10 @@ class Settings(BaseSettings):
         default=True, description="Resume interrupted jobs from their checkpoint at start-up"
     )
 
-    @field_validator("data_dir")
+    @field_validator("data_dir", "data_root")
     @classmethod
-    def _absolute(cls, value: Path) -> Path:
-        return value.expanduser().resolve()
+    def _absolute(cls, value: Path | None) -> Path | None:
+        return value.expanduser().resolve() if value is not None else None
 
     @cached_property
     def tracking_uri(self) -> str:

@@ -14,14 +14,13 @@ from typing import Protocol
 
 import numpy as np
 
-from reptile.evaluate import evaluate
 from reptile.inner import InnerConfig
 from reptile.meta import MetaOptimizer, epsilon
 from reptile.params import Params, init_params, is_finite, scale
-from reptile.tasks import eval_task_seeds, make_family, task_seeds
-from reptile.tasks.sine import SineFamily
-from service.plots import learning_curve_png, sine_fit_png
-from service.specs import JobSpec
+from reptile.tasks import make_family, task_seeds
+from service.evaluation import evaluation_for
+from service.plots import learning_curve_png
+from service.specs import AnyJobSpec
 from service.weights import Checkpoint, write_checkpoint
 from workers.pool import RoundOutput
 
@@ -58,17 +57,19 @@ class Progress:
 
 @dataclass
 class MetaTrainer:
-    spec: JobSpec
+    spec: AnyJobSpec
     runner: RoundRunner
     sink: MetricsSink
     checkpoint_path: Path
     on_progress: Callable[[Progress], None] = lambda progress: None
     resume: Checkpoint | None = None
+    dataset: str | None = None  # an image job's prepared data set
     history: list[dict[str, float]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.family = make_family(self.spec.task, **self.spec.task_options())
+        self.family = make_family(self.spec.task, **self.spec.task_options(self.dataset))
         self.model = self.family.make_model()
+        self.evaluation = evaluation_for(self.spec, self.dataset)
         self.config = self.spec.meta_config()
         if self.resume is None:
             self.start_round = 0
@@ -81,7 +82,6 @@ class MetaTrainer:
             self.meta.load_state_dict(self.resume.optimizer_state)
             self.history = list(self.resume.history)
         self.phi: Params = self.meta.phi  # the latest φ, readable from other threads
-        self.eval_seeds = eval_task_seeds(self.spec.eval_tasks)
 
     def run(self, should_stop: Callable[[], bool] = lambda: False) -> bool:
         """Train until the last round (returns True) or until `should_stop()` (returns False).
@@ -135,36 +135,15 @@ class MetaTrainer:
 
     def evaluate(self, done: int) -> dict[str, float]:
         """Score φ on the held-out tasks, log the numbers and redraw the figures."""
-        spec = self.spec
-        losses = evaluate(
-            self.family,
-            self.model,
-            self.phi,
-            self.eval_seeds,
-            spec.eval_step_counts(),
-            spec.inner_lr,
-            spec.inner_optimizer,
-        )
-        row = {"eval_mse_before": losses[0]}
-        row |= {f"eval_mse_after_{k}": v for k, v in losses.items() if k > 0}
-        self.sink.log_metrics(row, step=done)
-        self.history.append({"round": float(done), **row})
-        if isinstance(self.family, SineFamily):
-            figure = sine_fit_png(
-                self.family,
-                self.phi,
-                seed=self.eval_seeds[0],
-                steps=spec.inner_steps,
-                lr=spec.inner_lr,
-                optimizer=spec.inner_optimizer,
-                title=f"round {done}",
-            )
-            self.sink.log_artifact(figure, "plots/sine_fit.png")
-        self.sink.log_artifact(
-            learning_curve_png(self.history, "eval_mse"), "plots/learning_curve.png"
-        )
-        log.info("round %d: %s", done, row)
-        return row
+        metrics, artifacts = self.evaluation(self.phi, done)
+        self.sink.log_metrics(metrics, step=done)
+        self.history.append({"round": float(done), **metrics})
+        for path, data in artifacts.items():
+            self.sink.log_artifact(data, path)
+        curve = learning_curve_png(self.history, self.evaluation.metric_prefix)
+        self.sink.log_artifact(curve, "plots/learning_curve.png")
+        log.info("round %d: %s", done, metrics)
+        return metrics
 
     def checkpoint(self, done: int) -> None:
         """Write the checkpoint atomically, then hand a copy to the tracker."""

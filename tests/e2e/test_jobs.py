@@ -10,7 +10,7 @@ from safetensors.torch import load
 from torch.func import functional_call
 
 from reptile.tasks import make_family
-from service.specs import JobSpec
+from service.specs import SineJobSpec
 from tests.utils.reference import assert_same_phi, serial_phi
 from tests.utils.server import Server, events, wait_for_state
 
@@ -73,7 +73,7 @@ def test_a_job_runs_end_to_end_and_lands_in_mlflow(server: Server) -> None:
     assert run.info.status == "FINISHED"
     assert client_ml.get_experiment(run.info.experiment_id).name == "reptile-sine"
     assert run.data.params["meta_batch_size"] == "6" and run.data.params["inner_lr"] == "0.02"
-    assert set(JobSpec.model_fields) == set(run.data.params)
+    assert set(SineJobSpec.model_fields) == set(run.data.params)
     for metric in (
         "meta_loss_before",
         "meta_loss_after",
@@ -154,13 +154,13 @@ def test_bad_input_gets_a_clear_4xx_and_changes_nothing(server: Server) -> None:
         job_id = _finished_job(client)
         before = client.get("/v1/jobs").json()["count"]
         bad_jobs = [
-            ({"task": "imagenet"}, 422, "Input should be 'sine'"),
+            ({"task": "imagenet"}, 422, "does not match any of the expected tags: 'sine'"),
             ({"inner_stepz": 5}, 422, "Extra inputs are not permitted"),
             ({"inner_steps": -3}, 422, "greater than or equal to 1"),
             ({"meta_batch_size": 0}, 422, "greater than or equal to 1"),
             ({"inner_optimizer": "rmsprop"}, 422, "'sgd' or 'adam'"),
             ({"num_workers": 64}, 422, "exceeds the 4 CPUs"),
-            ({"shots": 4, "inner_batch_size": 8}, 422, "cannot exceed shots"),
+            ({"shots": 4, "inner_batch_size": 8}, 422, "cannot exceed the 4 examples"),
         ]
         for body, status, message in bad_jobs:
             response = client.post("/v1/jobs", json=body)

@@ -7,7 +7,7 @@ import torch
 from reptile.params import Params
 from reptile.serial import train_serial
 from reptile.tasks import make_family
-from service.specs import JobSpec
+from service.specs import parse_spec
 
 # Float noise (thread counts, summation order) stays ~1e-7 under SGD. Adam on the pseudo-
 # gradient divides by its running RMS, which magnifies the noise of near-zero coordinates to
@@ -16,7 +16,7 @@ ATOL = 1e-4
 
 
 def serial_phi(body: dict[str, Any]) -> Params:
-    spec = JobSpec.model_validate(body)
+    spec = parse_spec(body)
     return train_serial(
         make_family(spec.task, **spec.task_options()), spec.meta_config(), spec.seed
     )

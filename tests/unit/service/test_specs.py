@@ -3,33 +3,48 @@
 import pytest
 from pydantic import ValidationError
 
-from service.specs import JobSpec
+from service.specs import OmniglotJobSpec, SineJobSpec, parse_spec
 
 
 def test_every_field_is_optional_and_task_defaults_to_sine() -> None:
-    spec = JobSpec()
-    assert spec.task == "sine"
+    spec = parse_spec({})
+    assert isinstance(spec, SineJobSpec)
     config = spec.meta_config()
     assert (config.rounds, config.meta_batch_size) == (spec.rounds, spec.meta_batch_size)
     assert config.inner.steps == spec.inner_steps and config.inner.lr == spec.inner_lr
     assert spec.eval_step_counts() == [0, 1, spec.inner_steps, spec.eval_steps]
 
 
+def test_an_image_job_needs_only_task_and_data() -> None:
+    spec = parse_spec({"task": "omniglot", "data": "omniglot/"})
+    assert isinstance(spec, OmniglotJobSpec)
+    assert (spec.ways, spec.shots, spec.inner_optimizer) == (5, 10, "adam")
+    assert spec.task_options("prepared.pt") == {
+        "dataset": "prepared.pt",
+        "ways": 5,
+        "shots": 10,
+        "queries": 5,
+    }
+
+
 @pytest.mark.parametrize(
     ("body", "message"),
     [
-        ({"task": "imagenet"}, "Input should be 'sine'"),
+        ({"task": "imagenet"}, "does not match any of the expected tags: 'sine', 'omniglot'"),
         ({"inner_step": 5}, "Extra inputs are not permitted"),
         ({"inner_steps": -1}, "greater than or equal to 1"),
         ({"inner_lr": float("nan")}, "finite number"),
         ({"outer_lr": float("inf")}, "finite number"),
         ({"inner_optimizer": "rmsprop"}, "'sgd' or 'adam'"),
-        ({"shots": 5, "inner_batch_size": 10}, "cannot exceed shots"),
+        ({"shots": 5, "inner_batch_size": 10}, "cannot exceed the 5 examples"),
         ({"outer_lr": 0.1, "outer_lr_final": 0.5}, "must not exceed outer_lr"),
         ({"rounds": "many"}, "valid integer"),
+        ({"task": "omniglot"}, "Field required"),
+        ({"data": "x"}, "Extra inputs are not permitted"),
+        ({"task": "omniglot", "data": "x", "ways": 1}, "greater than or equal to 2"),
     ],
 )
 def test_bad_fields_are_rejected_with_a_message(body: dict[str, object], message: str) -> None:
     with pytest.raises(ValidationError) as error:
-        JobSpec.model_validate(body)
+        parse_spec(body)
     assert message in str(error.value)

@@ -11,18 +11,18 @@ from reptile.inner import InnerConfig, run_tasks
 from reptile.params import Params, to_numpy
 from reptile.serial import train_serial
 from reptile.tasks import make_family
-from service.specs import JobSpec
+from service.specs import SineJobSpec
 from service.trainer import Divergence, MetaTrainer, Progress
 from service.weights import read_checkpoint
 from workers.pool import RoundOutput
 
-SPEC = JobSpec(rounds=6, meta_batch_size=4, eval_every=3, checkpoint_every=2, eval_tasks=4)
+SPEC = SineJobSpec(rounds=6, meta_batch_size=4, eval_every=3, checkpoint_every=2, eval_tasks=4)
 
 
 class InProcessRunner:
     """Runs the round's tasks in this process, as one chunk."""
 
-    def __init__(self, spec: JobSpec, poison_round: int | None = None) -> None:
+    def __init__(self, spec: SineJobSpec, poison_round: int | None = None) -> None:
         self.family = make_family(spec.task, **spec.task_options())
         self.model = self.family.make_model()
         self.poison_round = poison_round
