@@ -1,27 +1,34 @@
-"""The inner loop: k steps of SGD or Adam on one task, starting from the meta-weights φ.
+"""The inner loop: k steps of SGD or Adam from the meta-weights φ, for one task or many at once.
 
-Written functionally (`torch.func.functional_call` + `torch.func.grad`) over a `Params` dict, so
-that φ is never mutated and the same step can later be vectorised over tasks with `vmap`.
-Optimiser state (Adam's moments) starts from zero for every task and never carries over.
+Written functionally over a `Params` dict (`torch.func.functional_call`), so φ is never mutated.
+`adapt` runs one task (evaluation, adaptation); `adapt_tasks` runs a whole chunk of tasks at
+once: the tasks of a family share their shapes, so their points and mini-batches stack along a
+leading task dimension, the loss is `vmap`ped over it, and each inner step is one batched
+forward and backward pass, whatever the model. Both run the same loop (`descend`): per step, one
+gradient (autograd on the summed loss: tasks are independent, so each gets its own gradient) and
+one update rule (`inner_update`). Optimiser state (Adam's moments) starts from zero for every
+task and never carries over.
 """
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, grad
+from torch.func import functional_call, vmap
 
-from reptile.params import Params, subtract, total
+from reptile.params import Params
 from reptile.tasks.base import Task, TaskFamily
 
 InnerOptimizer = Literal["sgd", "adam"]
 LossFn = Callable[[Tensor, Tensor], Tensor]
+BatchLoss = Callable[[Params, Tensor, Tensor], Tensor]  # (params, inputs, targets) -> loss(es)
 
-# The paper's inner Adam uses β1 = 0: momentum would only smear the few steps of a task.
-ADAM_BETAS = (0.0, 0.999)
+# The paper's inner Adam uses β1 = 0 (momentum would only smear the few steps of a task), so its
+# first moment is the gradient itself and only the second moment is state.
+ADAM_BETA2 = 0.999
 ADAM_EPS = 1e-8
 
 
@@ -52,9 +59,80 @@ def full_batches(num_points: int, steps: int) -> Tensor:
     return torch.arange(num_points).expand(steps, num_points)
 
 
+def batch_loss(model: nn.Module, loss_fn: LossFn) -> BatchLoss:
+    """The loss as a pure function of (params, inputs, targets), ready for `vmap`."""
+
+    def loss(params: Params, inputs: Tensor, targets: Tensor) -> Tensor:
+        return loss_fn(functional_call(model, params, (inputs,)), targets)
+
+    return loss
+
+
 def task_loss(model: nn.Module, params: Params, loss_fn: LossFn, task: Task) -> Tensor:
     """The loss of `params` on all of the task's points."""
-    return loss_fn(functional_call(model, params, (task.inputs,)), task.targets)
+    return batch_loss(model, loss_fn)(params, task.inputs, task.targets)
+
+
+def gradient(loss: BatchLoss, weights: Params, inputs: Tensor, targets: Tensor) -> Params:
+    """The gradient of the summed loss with respect to `weights` (left untouched).
+
+    For a loss `vmap`ped over tasks, whose weights are stacked per task, each task's loss
+    depends on its own weights only: the result is every task's own gradient, stacked.
+    """
+    leaves = {name: w.detach().requires_grad_() for name, w in weights.items()}
+    with torch.enable_grad():  # callers may hold no_grad; the inner loop needs its gradients
+        total = loss(leaves, inputs, targets).sum()
+        grads = torch.autograd.grad(total, list(leaves.values()))
+    return dict(zip(leaves, grads, strict=True))
+
+
+def inner_update(
+    weights: Params,
+    grads: Params,
+    second_moment: Params,
+    step: int,
+    *,
+    lr: float,
+    optimizer: InnerOptimizer,
+) -> tuple[Params, Params]:
+    """One SGD or Adam step (`step` counts from 1); returns the new weights and second moment.
+
+    The same arithmetic as `torch.optim.SGD` / `torch.optim.Adam(betas=(0, ADAM_BETA2))`,
+    elementwise, so it serves one task's weights and weights stacked over tasks alike.
+    """
+    if optimizer == "sgd":
+        return {n: torch.add(w, grads[n], alpha=-lr) for n, w in weights.items()}, second_moment
+    second_moment = {
+        n: torch.addcmul(v * ADAM_BETA2, grads[n], grads[n], value=1 - ADAM_BETA2)
+        for n, v in second_moment.items()
+    }
+    correction = math.sqrt(1 - ADAM_BETA2**step)
+    weights = {
+        n: torch.addcdiv(w, grads[n], second_moment[n].sqrt() / correction + ADAM_EPS, value=-lr)
+        for n, w in weights.items()
+    }
+    return weights, second_moment
+
+
+def descend(
+    loss: BatchLoss,
+    weights: Params,
+    batches: Iterable[tuple[Tensor, Tensor]],
+    *,
+    lr: float,
+    optimizer: InnerOptimizer,
+) -> Params:
+    """One inner step per (inputs, targets) mini-batch of `batches`; returns the final weights.
+
+    Adam's state starts from zero here, so it never carries over from another call.
+    """
+    second_moment = {name: torch.zeros_like(w) for name, w in weights.items()}
+    for step, (inputs, targets) in enumerate(batches, start=1):
+        grads = gradient(loss, weights, inputs, targets)
+        weights, second_moment = inner_update(
+            weights, grads, second_moment, step, lr=lr, optimizer=optimizer
+        )
+    return weights
 
 
 def adapt(
@@ -71,29 +149,41 @@ def adapt(
 
     `model` only supplies the architecture; `params` are not modified.
     """
+    return descend(
+        batch_loss(model, loss_fn),
+        {name: t.detach() for name, t in params.items()},
+        ((task.inputs[indices], task.targets[indices]) for indices in batches),
+        lr=lr,
+        optimizer=optimizer,
+    )
 
-    def batch_loss(p: Params, x: Tensor, y: Tensor) -> Tensor:
-        return loss_fn(functional_call(model, p, (x,)), y)
 
-    gradient = grad(batch_loss)
-    weights = {name: t.detach() for name, t in params.items()}
-    first = {name: torch.zeros_like(t) for name, t in weights.items()}
-    second = {name: torch.zeros_like(t) for name, t in weights.items()}
-    for step, indices in enumerate(batches, start=1):
-        g = gradient(weights, task.inputs[indices], task.targets[indices])
-        if optimizer == "sgd":
-            weights = {n: w - lr * g[n] for n, w in weights.items()}
-            continue
-        beta1, beta2 = ADAM_BETAS
-        first = {n: beta1 * m + (1 - beta1) * g[n] for n, m in first.items()}
-        second = {n: beta2 * v + (1 - beta2) * g[n] ** 2 for n, v in second.items()}
-        step_size = lr / (1 - beta1**step)
-        correction2 = math.sqrt(1 - beta2**step)
-        weights = {
-            n: w - step_size * first[n] / (second[n].sqrt() / correction2 + ADAM_EPS)
-            for n, w in weights.items()
-        }
-    return weights
+def adapt_tasks(
+    model: nn.Module,
+    params: Params,
+    inputs: Tensor,
+    targets: Tensor,
+    *,
+    loss_fn: LossFn,
+    batches: Tensor,
+    lr: float,
+    optimizer: InnerOptimizer,
+) -> Params:
+    """`adapt` for many tasks at once; returns each parameter's W_i stacked as (tasks, *shape).
+
+    `inputs` (tasks, n, *input_shape) and `targets` (tasks, n, *target_shape) stack the tasks'
+    points, `batches` (tasks, steps, batch) their mini-batch indices. Every task starts from φ
+    broadcast over the task dimension (a view, not copies). `params` are not modified.
+    """
+    count = len(batches)
+    rows = torch.arange(count).unsqueeze(1)  # (tasks, 1): each task's mini-batch from its points
+    return descend(
+        vmap(batch_loss(model, loss_fn)),
+        {name: t.detach().expand(count, *t.shape) for name, t in params.items()},
+        ((inputs[rows, indices], targets[rows, indices]) for indices in batches.transpose(0, 1)),
+        lr=lr,
+        optimizer=optimizer,
+    )
 
 
 @dataclass(frozen=True)
@@ -109,27 +199,36 @@ class ChunkResult:
 def run_tasks(
     family: TaskFamily, model: nn.Module, phi: Params, seeds: list[int], inner: InnerConfig
 ) -> ChunkResult:
-    """Adapt φ to each task of `seeds` in turn and sum the weight changes in seed order."""
-    deltas, before, after = [], [], []
+    """Adapt φ to all tasks of `seeds` at once; returns Σ_i (W_i − φ) and per-task losses.
+
+    The tasks are rebuilt from their seeds and stacked in seed order, so the losses come back in
+    seed order and the same chunk always sums its deltas the same way. One vectorised inner loop
+    (`adapt_tasks`) gives every W_i; the losses of φ and of W_i are scored in one call each.
+    """
+    tasks = [family.sample_task(seed) for seed in seeds]
+    inputs = torch.stack([task.inputs for task in tasks])  # (tasks, n, *input_shape)
+    targets = torch.stack([task.targets for task in tasks])  # (tasks, n, *target_shape)
+    batches = torch.stack(
+        [
+            minibatch_indices(len(task.inputs), inner.steps, inner.batch_size, seed)
+            for task, seed in zip(tasks, seeds, strict=True)
+        ]
+    )  # (tasks, steps, batch)
+    loss = batch_loss(model, family.loss)
     with torch.no_grad():
-        for seed in seeds:
-            task = family.sample_task(seed)
-            batches = minibatch_indices(len(task.inputs), inner.steps, inner.batch_size, seed)
-            weights = adapt(
-                model,
-                phi,
-                task,
-                loss_fn=family.loss,
-                batches=batches,
-                lr=inner.lr,
-                optimizer=inner.optimizer,
-            )
-            deltas.append(subtract(weights, phi))
-            before.append(task_loss(model, phi, family.loss, task))
-            after.append(task_loss(model, weights, family.loss, task))
-    return ChunkResult(
-        delta_sum=total(deltas),
-        count=len(seeds),
-        loss_before=torch.stack(before),
-        loss_after=torch.stack(after),
-    )
+        weights = adapt_tasks(
+            model,
+            phi,
+            inputs,
+            targets,
+            loss_fn=family.loss,
+            batches=batches,
+            lr=inner.lr,
+            optimizer=inner.optimizer,
+        )
+        return ChunkResult(
+            delta_sum={name: (weights[name] - phi[name]).sum(0) for name in phi},
+            count=len(seeds),
+            loss_before=vmap(loss, in_dims=(None, 0, 0))(phi, inputs, targets),
+            loss_after=vmap(loss)(weights, inputs, targets),
+        )

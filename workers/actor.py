@@ -5,6 +5,8 @@ restarted actor loses nothing.
 """
 
 import os
+import resource
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -53,3 +55,8 @@ class InnerLoopWorker:
     def pid(self) -> int:
         """The actor's process id (to watch or kill it in tests and operations)."""
         return os.getpid()
+
+    def peak_rss_bytes(self) -> int:
+        """The actor process's peak resident memory so far (to size actors)."""
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB on Linux

@@ -121,6 +121,11 @@ class WorkerPool:
             compute_seconds=max(o.compute_seconds for o in outputs),
         )
 
+    def peak_rss_bytes(self) -> list[int]:
+        """Each actor's peak resident memory so far, in slot order."""
+        refs = [actor.peak_rss_bytes.remote() for actor in self.actors]
+        return [int(peak) for peak in ray.get(refs, timeout=self._round_timeout_s)]
+
     def shutdown(self) -> None:
         for actor in self.actors:
             ray.kill(actor, no_restart=True)

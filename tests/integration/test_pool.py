@@ -70,3 +70,13 @@ def test_a_killed_actor_is_replaced_and_the_round_is_unchanged() -> None:
 def test_more_workers_than_cpus_is_refused_up_front() -> None:
     with pytest.raises(PoolError, match="the Ray cluster has 4"):
         WorkerPool(task="sine", task_options={}, num_workers=5)
+
+
+def test_actors_report_their_peak_memory() -> None:
+    pool = WorkerPool(task="sine", task_options={}, num_workers=2)
+    try:
+        peaks = pool.peak_rss_bytes()
+    finally:
+        pool.shutdown()
+    assert len(peaks) == 2
+    assert all(50 * 2**20 < peak < 8 * 2**30 for peak in peaks)  # a Python process with torch

@@ -1,0 +1,452 @@
+"""Throughput: the serial loop, the vectorised inner loop and the Ray service, side by side.
+
+For each workload (sine: meta-batch 32, 5 inner steps), in one run on the same machine, with the
+same seeds and the same number of tasks:
+
+1. serial: `reptile.serial.train_serial`, one task at a time (nn.Module + torch.optim);
+2. vectorised: `reptile.inner.run_tasks` on all tasks of a round at once, in this process;
+3. service: `service.trainer.MetaTrainer` driving a `workers.pool.WorkerPool` on a local Ray and
+   logging to MLflow through `service.tracking.Tracker` (wired by `service.runtime`), with 1 and
+   2 actors.
+
+It prints tasks/s; milliseconds per round split into compute (the inner loops; for the service,
+the slowest chunk), overhead (the rest of the round: Ray dispatch and gather, the meta-update)
+and logging (between rounds: metrics to the tracker, bookkeeping); peak RSS per actor; and each
+path's ratio to serial. Then tasks/s and the overhead against the meta-batch size (1, 2, 4 …
+256; --quick: a subset) and the number of actors, drawn to a PNG and logged as a run of the
+MLflow experiment "reptile-bench". In-process paths use one thread, like an actor.
+
+    python bench/throughput.py [--quick] [--json] [--data-dir DIR] [--tracking-uri URI]
+"""
+
+import argparse
+import io
+import json
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display; must precede pyplot
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from mlflow import MlflowClient  # noqa: E402
+from mlflow.entities import Metric, Param  # noqa: E402
+
+from reptile.inner import run_tasks  # noqa: E402
+from reptile.meta import MetaOptimizer, epsilon  # noqa: E402
+from reptile.params import init_params, scale  # noqa: E402
+from reptile.serial import train_serial  # noqa: E402
+from reptile.tasks import TaskFamily, make_family, task_seeds  # noqa: E402
+from service.runtime import make_pool, make_tracker, prepare_dataset  # noqa: E402
+from service.settings import Settings  # noqa: E402
+from service.specs import AnyJobSpec, SineJobSpec  # noqa: E402
+from service.trainer import MetaTrainer, Progress  # noqa: E402
+from workers.cluster import connect, disconnect  # noqa: E402
+from workers.pool import WorkerPool  # noqa: E402
+
+# One job spec per workload, at the meta-batch size of the side-by-side table. Held-out
+# evaluation (at the first and last round only) is kept small: it is not what is measured.
+WORKLOADS = {
+    "sine": SineJobSpec(
+        name="bench-sine", meta_batch_size=32, inner_steps=5, eval_every=0, eval_tasks=1
+    )
+}
+HEADLINE = "sine"  # the workload whose numbers head the --json line
+ACTORS = (1, 2)
+OVERHEAD_BAR = 0.10
+BENCH_EXPERIMENT = "reptile-bench"
+WORKER_NICENESS = "RAY_worker_niceness"  # Ray's spelling
+MIB = 2**20
+
+
+@dataclass(frozen=True)
+class Effort:
+    """The meta-batch sizes measured, each for about `tasks` tasks (within the round limits)."""
+
+    meta_batch_sizes: tuple[int, ...]
+    tasks: int
+    min_rounds: int
+    max_rounds: int
+
+    def rounds(self, meta_batch_size: int) -> int:
+        return min(self.max_rounds, max(self.min_rounds, self.tasks // meta_batch_size))
+
+
+QUICK = Effort((1, 4, 16, 32, 64, 256), tasks=1024, min_rounds=4, max_rounds=48)
+FULL = Effort(tuple(2**i for i in range(9)), tasks=8192, min_rounds=10, max_rounds=400)
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One path at one meta-batch size, totalled over the measured rounds."""
+
+    path: str  # "serial", "vectorised" or "service"
+    actors: int  # 0: in this process
+    meta_batch_size: int
+    rounds: int
+    seconds: float  # wall time
+    compute: float  # inner loops (service: the slowest chunk of each round)
+    overhead: float  # the rest of the rounds: Ray dispatch and gather, the meta-update
+    logging: float  # between rounds: metrics to the tracker, bookkeeping
+    peak_rss_bytes: list[int] = field(default_factory=list)  # per actor, so far
+
+    @property
+    def tasks_per_s(self) -> float:
+        return self.rounds * self.meta_batch_size / self.seconds
+
+    @property
+    def overhead_fraction(self) -> float:
+        return self.overhead / self.seconds
+
+    def per_round_ms(self, seconds: float) -> float:
+        return 1000 * seconds / self.rounds
+
+
+@dataclass(frozen=True)
+class WorkloadResult:
+    name: str
+    spec: AnyJobSpec
+    serial: Measurement
+    scaling: list[Measurement]  # vectorised and service, every meta-batch size and actor count
+
+    def at(self, path: str, actors: int, meta_batch_size: int) -> Measurement:
+        return next(
+            m
+            for m in self.scaling
+            if (m.path, m.actors, m.meta_batch_size) == (path, actors, meta_batch_size)
+        )
+
+    @property
+    def meta_batch_sizes(self) -> list[int]:
+        return sorted({m.meta_batch_size for m in self.scaling})
+
+    def side_by_side(self) -> list[Measurement]:
+        """The table's rows: every path at the spec's meta-batch size."""
+        size = self.spec.meta_batch_size
+        rows = [self.serial, self.at("vectorised", 0, size)]
+        return rows + [self.at("service", n, size) for n in ACTORS]
+
+    def overhead_below_bar_from(self, actors: int) -> int | None:
+        """The smallest meta-batch size from which the service's overhead stays under the bar."""
+        below = None
+        for size in reversed(self.meta_batch_sizes):
+            if self.at("service", actors, size).overhead_fraction >= OVERHEAD_BAR:
+                break
+            below = size
+        return below
+
+
+def actors_label(count: int) -> str:
+    return f"{count} actor" + ("s" if count > 1 else "")
+
+
+def sized(spec: AnyJobSpec, meta_batch_size: int, rounds: int, **changes: object) -> AnyJobSpec:
+    """`spec` at another meta-batch size and length (validated like any job)."""
+    return type(spec).model_validate(
+        spec.model_dump()
+        | {"meta_batch_size": meta_batch_size, "rounds": rounds, "checkpoint_every": rounds}
+        | changes
+    )
+
+
+def measure_serial(family: TaskFamily, spec: AnyJobSpec) -> Measurement:
+    """The paper's loop as `reptile.serial` writes it; all of its time counts as compute."""
+    started = time.perf_counter()
+    train_serial(family, spec.meta_config(), spec.seed)
+    seconds = time.perf_counter() - started
+    return Measurement("serial", 0, spec.meta_batch_size, spec.rounds, seconds, seconds, 0.0, 0.0)
+
+
+def measure_vectorised(family: TaskFamily, spec: AnyJobSpec) -> Measurement:
+    """The same rounds with every round's tasks adapted at once by `run_tasks`, in-process."""
+    model = family.make_model()
+    config = spec.meta_config()
+    meta = MetaOptimizer(init_params(model, spec.seed), config.outer_optimizer)
+    warm_up = task_seeds(spec.seed, 0, spec.meta_batch_size)
+    run_tasks(family, model, meta.phi, warm_up, config.inner)
+    compute = 0.0
+    started = time.perf_counter()
+    for round_index in range(config.rounds):
+        seeds = task_seeds(spec.seed, round_index, spec.meta_batch_size)
+        inner_started = time.perf_counter()
+        result = run_tasks(family, model, meta.phi, seeds, config.inner)
+        compute += time.perf_counter() - inner_started
+        meta.step(scale(result.delta_sum, 1 / result.count), epsilon(round_index, config))
+    seconds = time.perf_counter() - started
+    return Measurement(
+        "vectorised", 0, spec.meta_batch_size, spec.rounds, seconds, compute, seconds - compute, 0.0
+    )
+
+
+def measure_service(
+    settings: Settings, pool: WorkerPool, spec: AnyJobSpec, dataset: str | None
+) -> Measurement:
+    """A whole job through `MetaTrainer`, timed between its progress reports.
+
+    The window runs from the report of round 0 (after the initial evaluation) to the one before
+    the last round (which evaluates and checkpoints), so it holds `rounds − 1` plain rounds.
+    """
+    folder = settings.data_dir / "runs" / f"{spec.name}-{time.time_ns()}"
+    stamps: list[tuple[float, Progress]] = []
+    tracker = make_tracker(
+        settings,
+        spec,
+        run_name=spec.name or spec.task,
+        tags={"source": "bench/throughput.py"},
+        staging_dir=folder / "mlflow-staging",
+    )
+    trainer = MetaTrainer(
+        spec,
+        pool,
+        tracker,
+        folder / "checkpoint.safetensors",
+        on_progress=lambda progress: stamps.append((time.perf_counter(), progress)),
+        dataset=dataset,
+    )
+    trainer.run()
+    tracker.finish("FINISHED")
+    window = stamps[:-1]
+    rounds = [progress.metrics for _, progress in window[1:]]
+    seconds = window[-1][0] - window[0][0]
+    round_seconds = sum(metrics["round_seconds"] for metrics in rounds)
+    compute = sum(metrics["compute_seconds"] for metrics in rounds)
+    return Measurement(
+        "service",
+        spec.num_workers,
+        spec.meta_batch_size,
+        len(rounds),
+        seconds,
+        compute,
+        round_seconds - compute,
+        seconds - round_seconds,
+        pool.peak_rss_bytes(),
+    )
+
+
+def run_workload(name: str, spec: AnyJobSpec, settings: Settings, effort: Effort) -> WorkloadResult:
+    """Serial at the spec's meta-batch size; vectorised and service at every size.
+
+    The paths of one meta-batch size run back to back, the table's size first, so that a
+    neighbour's load on a shared machine weighs on the paths compared alike.
+    """
+    dataset = prepare_dataset(settings, spec)
+    family = make_family(spec.task, **spec.task_options(dataset))
+    pools = {n: make_pool(settings, sized(spec, 1, 1, num_workers=n), dataset) for n in ACTORS}
+    try:
+        phi = init_params(family.make_model(), spec.seed)
+        for n, pool in pools.items():  # a task per actor, untimed, starts and warms them up
+            pool.run_round(phi, task_seeds(spec.seed, 0, n), spec.inner_config())
+
+        def measure(size: int) -> list[Measurement]:
+            rounds = effort.rounds(size)
+            vectorised = measure_vectorised(family, sized(spec, size, rounds))
+            services = [
+                measure_service(  # + the last round (evaluation and checkpoint), not timed
+                    settings,
+                    pools[n],
+                    sized(spec, size, rounds + 1, num_workers=n, name=f"{spec.name}-{n}x-mb{size}"),
+                    dataset,
+                )
+                for n in ACTORS
+            ]
+            return [vectorised, *services]
+
+        size = spec.meta_batch_size
+        serial = measure_serial(family, sized(spec, size, effort.rounds(size)))
+        scaling = measure(size)
+        for other in effort.meta_batch_sizes:
+            if other != size:
+                scaling += measure(other)
+    finally:
+        for pool in pools.values():
+            pool.shutdown()
+    return WorkloadResult(name, spec, serial, scaling)
+
+
+def print_tables(result: WorkloadResult) -> None:
+    spec, serial = result.spec, result.serial
+    tasks = serial.rounds * serial.meta_batch_size
+    print(
+        f"\n{result.name}: meta-batch {spec.meta_batch_size}, {spec.inner_steps} inner steps, "
+        f"{tasks} tasks timed per path, same seeds"
+    )
+    header = ("path", "actors", "tasks/s", "×serial", "ms/round", "compute", "overhead", "logging")
+    print(f"{header[0]:<12}{header[1]:>7}" + "".join(f"{h:>10}" for h in header[2:]), end="")
+    print(f"{'peak RSS/actor':>18}")
+    for m in result.side_by_side():
+        rss = " ".join(f"{b / MIB:.0f}" for b in m.peak_rss_bytes) + " MiB" if m.actors else "-"
+        print(
+            f"{m.path:<12}{m.actors or '-':>7}{m.tasks_per_s:>10.0f}"
+            f"{m.tasks_per_s / serial.tasks_per_s:>10.2f}{m.per_round_ms(m.seconds):>10.2f}"
+            f"{m.per_round_ms(m.compute):>10.2f}{m.per_round_ms(m.overhead):>10.2f}"
+            f"{m.per_round_ms(m.logging):>10.2f}{rss:>18}"
+        )
+    print(
+        f"\n{result.name}: tasks/s (× serial) and the service's overhead (% of wall time) "
+        "against the meta-batch size"
+    )
+    print(f"{'meta-batch':>10}{'vectorised':>18}", end="")
+    print("".join(f"{f'service, {actors_label(n)}':>20}{'overhead':>10}" for n in ACTORS))
+
+    def rate(m: Measurement) -> str:
+        return f"{m.tasks_per_s:.0f} ({m.tasks_per_s / serial.tasks_per_s:.1f}×)"
+
+    for size in result.meta_batch_sizes:
+        line = f"{size:>10}{rate(result.at('vectorised', 0, size)):>18}"
+        for n in ACTORS:
+            service = result.at("service", n, size)
+            line += f"{rate(service):>20}{100 * service.overhead_fraction:>9.1f}%"
+        print(line)
+    largest = result.meta_batch_sizes[-1]
+    for n in ACTORS:
+        below = result.overhead_below_bar_from(n)
+        where = f"from meta-batch {below} on" if below else f"at no meta-batch size up to {largest}"
+        print(f"overhead below {OVERHEAD_BAR:.0%} with {actors_label(n)}: {where}")
+
+
+def scaling_png(result: WorkloadResult) -> bytes:
+    """Tasks/s and the service's overhead against the meta-batch size, one line per path."""
+    figure, (rate, overhead) = plt.subplots(1, 2, figsize=(11, 4))
+    lines = [("vectorised", 0, "vectorised (1 process)")]
+    lines += [("service", n, f"service, {actors_label(n)}") for n in ACTORS]
+    sizes = result.meta_batch_sizes
+    for index, (path, actors, label) in enumerate(lines):
+        points = [result.at(path, actors, size) for size in sizes]
+        style = {"marker": "o", "label": label, "color": f"C{index}"}  # one colour per path
+        rate.plot(sizes, [m.tasks_per_s for m in points], **style)
+        if path == "service":
+            overhead.plot(sizes, [100 * m.overhead_fraction for m in points], **style)
+    serial = f"serial (meta-batch {result.serial.meta_batch_size})"
+    rate.axhline(result.serial.tasks_per_s, color="k", linestyle="--", label=serial)
+    overhead.axhline(100 * OVERHEAD_BAR, color="k", linestyle="--", label=f"{OVERHEAD_BAR:.0%}")
+    rate.set(xscale="log", yscale="log", xlabel="meta-batch size", ylabel="tasks/s")
+    overhead.set(xscale="log", xlabel="meta-batch size", ylabel="overhead, % of wall time")
+    for axes in (rate, overhead):
+        axes.set_xticks(sizes, [str(size) for size in sizes])
+        axes.legend(fontsize=8)
+    figure.suptitle(f"{result.name}: throughput ({os.cpu_count()} cores)")
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def summary(result: WorkloadResult) -> dict[str, object]:
+    """The numbers the issue tracks, plus the whole scaling curve."""
+    serial, vectorised, *services = result.side_by_side()
+    by_actors = dict(zip(ACTORS, services, strict=True))
+    return {
+        "serial_tasks_per_s": serial.tasks_per_s,
+        "vectorised_tasks_per_s": vectorised.tasks_per_s,
+        "service_tasks_per_s": by_actors[2].tasks_per_s,
+        "ray_overhead_fraction": by_actors[2].overhead_fraction,
+        "service_1_actor_tasks_per_s": by_actors[1].tasks_per_s,
+        "overhead_below_10pct_from": {n: result.overhead_below_bar_from(n) for n in ACTORS},
+        "scaling": [
+            asdict(m) | {"tasks_per_s": m.tasks_per_s, "overhead_fraction": m.overhead_fraction}
+            for m in result.scaling
+        ],
+    }
+
+
+def bench_experiment(client: MlflowClient, artifact_location: str | None) -> str:
+    """The id of the "reptile-bench" experiment (created on first use; this also creates the
+    tables of a fresh store, before anything is timed)."""
+    experiment = client.get_experiment_by_name(BENCH_EXPERIMENT)
+    if experiment is not None:
+        return str(experiment.experiment_id)
+    return client.create_experiment(BENCH_EXPERIMENT, artifact_location=artifact_location)
+
+
+def log_run(
+    client: MlflowClient,
+    experiment_id: str,
+    settings: dict[str, str],
+    results: list[WorkloadResult],
+    pngs: list[Path],
+) -> str:
+    """One run: the settings and specs as params, each path's tasks/s and overhead per
+    meta-batch size as metrics (step = meta-batch size), the figures as artifacts. Returns the
+    run id."""
+    run_id = client.create_run(experiment_id, run_name="throughput").info.run_id
+    now = int(time.time() * 1000)
+    params = [Param(key, value) for key, value in settings.items()]
+    metrics = []
+    for result in results:
+        params.append(Param(f"{result.name}_spec", result.spec.model_dump_json()))
+        serial = result.serial.tasks_per_s
+        metrics.append(Metric(f"{result.name}_serial_tasks_per_s", serial, now, 0))
+        for m in result.scaling:
+            key = f"{result.name}_{m.path}" + (f"_{m.actors}x" if m.actors else "")
+            metrics.append(Metric(f"{key}_tasks_per_s", m.tasks_per_s, now, m.meta_batch_size))
+            if m.actors:
+                metrics.append(
+                    Metric(f"{key}_overhead_fraction", m.overhead_fraction, now, m.meta_batch_size)
+                )
+    client.log_batch(run_id, metrics=metrics, params=params)
+    for png in pngs:
+        client.log_artifact(run_id, str(png), "plots")
+    client.set_terminated(run_id)
+    return str(run_id)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="fewer rounds and sizes: about a minute"
+    )
+    parser.add_argument("--json", action="store_true", help="last line: one JSON object")
+    parser.add_argument("--data-dir", type=Path, help="default: a new temporary folder")
+    parser.add_argument("--tracking-uri", help="MLflow store (default: SQLite in the data dir)")
+    args = parser.parse_args()
+
+    torch.set_num_threads(1)  # the in-process paths get one core, like an actor
+    data_dir = args.data_dir or Path(tempfile.mkdtemp(prefix="reptile-bench-"))
+    settings = Settings(data_dir=data_dir, mlflow_tracking_uri=args.tracking_uri)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    client = MlflowClient(settings.tracking_uri)
+    local_store = args.tracking_uri is None
+    experiment_id = bench_experiment(
+        client, f"{settings.artifact_root}/bench" if local_store else None
+    )
+    # Ray starts its workers at niceness 15: on a shared machine the actors would then measure
+    # the neighbours' load, not the service. Same priority as the in-process paths unless the
+    # environment says otherwise (RAY_worker_niceness=15 measures Ray's default).
+    niceness = os.environ.setdefault(WORKER_NICENESS, "0")
+    connect(None, num_cpus=4)  # as in the integration tests: room for the actors on 2 cores
+    try:
+        effort = QUICK if args.quick else FULL
+        results = [run_workload(name, spec, settings, effort) for name, spec in WORKLOADS.items()]
+    finally:
+        disconnect()
+
+    machine = {
+        "cores": str(os.cpu_count()),
+        "torch": torch.__version__,
+        "ray_worker_niceness": niceness,
+        "effort": "quick" if args.quick else "full",
+    }
+    print(", ".join(f"{key} {value}" for key, value in machine.items()))
+    pngs = []
+    for result in results:
+        print_tables(result)
+        png = settings.data_dir / f"throughput-{result.name}.png"
+        png.write_bytes(scaling_png(result))
+        pngs.append(png)
+    run_id = log_run(client, experiment_id, machine, results, pngs)
+    print(f"\nfigures: {', '.join(str(p) for p in pngs)}")
+    print(f"MLflow: {settings.tracking_uri}, experiment {BENCH_EXPERIMENT!r}, run {run_id}")
+    if args.json:
+        summaries = {result.name: summary(result) for result in results}
+        headline = {k: v for k, v in summaries[HEADLINE].items() if k != "scaling"}
+        print(json.dumps(headline | {"workloads": summaries, "mlflow_run_id": run_id}))
+
+
+if __name__ == "__main__":
+    main()
