@@ -54,13 +54,21 @@ def sine_fit_png(
 
 
 def learning_curve_png(history: list[dict[str, float]], metric_prefix: str) -> bytes:
-    """Held-out loss against round, one line per adaptation length."""
+    """Held-out metrics (`metric_prefix`*) against round: losses on a log scale, accuracies
+    with their 95 % confidence intervals as error bars."""
     figure, axes = plt.subplots(figsize=(7, 4))
-    keys = sorted({k for row in history for k in row if k.startswith(metric_prefix)})
+    keys = sorted(
+        {k for row in history for k in row if k.startswith(metric_prefix)}
+        - {k for row in history for k in row if k.endswith("_ci95")}
+    )
     rounds = [row["round"] for row in history]
     for key in keys:
-        axes.plot(rounds, [row.get(key, float("nan")) for row in history], marker="o", label=key)
-    axes.set(xlabel="round", ylabel="held-out loss", yscale="log", title="Learning curve")
+        values = [row.get(key, float("nan")) for row in history]
+        errors = [row.get(f"{key}_ci95", 0.0) for row in history]
+        axes.errorbar(rounds, values, yerr=errors, marker="o", capsize=3, label=key)
+    loss = "mse" in metric_prefix
+    axes.set(xlabel="round", ylabel=metric_prefix, title="Learning curve")
+    axes.set_yscale("log" if loss else "linear")
     axes.legend(fontsize=8)
     return _png(figure)
 
