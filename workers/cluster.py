@@ -1,6 +1,8 @@
 """Joining Ray: a local instance by default, a cluster when an address is given."""
 
 import logging
+import signal
+import threading
 
 import ray
 
@@ -16,6 +18,10 @@ def connect(address: str | None, num_cpus: int | None = None) -> None:
     """
     if ray.is_initialized():
         return
+    # ray.init replaces the SIGTERM handler with one that exits at once; keep the host's (e.g.
+    # uvicorn's graceful shutdown, which stops jobs at a round boundary and flushes MLflow).
+    main_thread = threading.current_thread() is threading.main_thread()
+    sigterm = signal.getsignal(signal.SIGTERM) if main_thread else None
     if address is None:
         ray.init(
             address="local",
@@ -25,6 +31,8 @@ def connect(address: str | None, num_cpus: int | None = None) -> None:
         )
     else:
         ray.init(address=address, logging_level=logging.WARNING)
+    if sigterm is not None:
+        signal.signal(signal.SIGTERM, sigterm)
     log.info("Ray ready: %s", ray.cluster_resources())
 
 
