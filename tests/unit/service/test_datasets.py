@@ -22,7 +22,8 @@ from tests.utils.images import (
     zip_tree,
 )
 
-SHARED_OMNIGLOT = Path("/work/shared/data/omniglot")
+# ../shared/ beside the checkout (as on the developers' machines and in CI)
+SHARED_OMNIGLOT = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "omniglot"
 
 
 def _load(path: Path) -> dict[str, Any]:
