@@ -4,9 +4,11 @@ The trainer enqueues metrics and artifacts and never waits on MLflow. A backgrou
 creates (or reopens) the job's run and replays the queue in order through `MlflowClient` with
 the explicit run id (jobs run concurrently, so the thread-local fluent run is never used). When
 MLflow is unreachable the thread keeps the queue, reports `degraded`, and retries until it
-comes back: nothing is lost while the process lives.
+comes back. Metrics also go to a journal on disk before they are queued, so a controller that
+is killed loses none: the job's next tracker replays what MLflow did not yet have.
 """
 
+import json
 import logging
 import os
 import queue
@@ -21,6 +23,8 @@ from typing import Any
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
+
+from service.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +44,51 @@ class RunRef:
 @dataclass(frozen=True)
 class _Metrics:
     metrics: list[Metric]
+    entries: int = 1  # journal lines these metrics came from
+
+
+class _Journal:
+    """The metrics handed to a tracker, on disk until MLflow holds them.
+
+    An append-only JSON-lines file (one line per `log_metrics` call) and the count of lines
+    that MLflow already holds. Replaying a line twice is harmless: MLflow ignores a metric
+    identical to a stored one (same key, value, step and timestamp).
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self._path = directory / "metrics.jsonl"
+        self._applied_path = directory / "metrics.applied"
+
+    def load(self) -> tuple[list[list[Metric]], int]:
+        """Every complete line, and how many of them MLflow holds; drops a torn last line."""
+        if not self._path.exists():
+            return [], 0
+        data = self._path.read_bytes()
+        complete = data[: data.rfind(b"\n") + 1]
+        if len(complete) < len(data):  # a crash mid-append: the next append starts clean
+            with self._path.open("r+b") as file:
+                file.truncate(len(complete))
+        entries = [
+            [
+                Metric(key, value, timestamp, step)
+                for key, value, timestamp, step in json.loads(line)
+            ]
+            for line in complete.splitlines()
+        ]
+        applied = int(self._applied_path.read_text()) if self._applied_path.exists() else 0
+        return entries, applied
+
+    def append(self, metrics: list[Metric]) -> None:
+        line = json.dumps([[m.key, m.value, m.timestamp, m.step] for m in metrics])
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        with self._path.open("a") as file:
+            file.write(line + "\n")
+
+    def mark_applied(self, count: int) -> None:
+        try:
+            atomic_write(self._applied_path, str(count).encode())
+        except OSError as error:  # only costs a harmless replay after a crash
+            log.warning("could not record MLflow's progress in the journal: %s", error)
 
 
 @dataclass(frozen=True)
@@ -85,15 +134,32 @@ class Tracker:
         self.degraded = False
         self.last_error: str | None = None
         self._queue: queue.Queue[_Metrics | _Artifact | _End] = queue.Queue()
+        self._journal = _Journal(staging_dir)
+        entries, self._applied = self._journal.load()
+        # a resumed job re-runs the rounds after its checkpoint: what is journaled stays as is
+        self._last_step: dict[str, int] = {}
+        for metric in (m for entry in entries for m in entry):
+            self._last_step[metric.key] = max(metric.step, self._last_step.get(metric.key, -1))
+        for entry in entries[self._applied :]:
+            self._queue.put(_Metrics(entry))
         self._thread = threading.Thread(target=self._work, name=f"mlflow-{run_name}", daemon=True)
         self._thread.start()
 
     # --- called by the trainer -----------------------------------------------------------
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        """Journal, then queue, the metrics of `step` that this run does not hold yet."""
         timestamp = int(time.time() * 1000)
-        self._queue.put(
-            _Metrics([Metric(k, float(v), timestamp, step) for k, v in metrics.items()])
-        )
+        new = [
+            Metric(key, float(value), timestamp, step)
+            for key, value in metrics.items()
+            if step > self._last_step.get(key, -1)
+        ]
+        if not new:
+            return
+        self._journal.append(new)
+        for metric in new:
+            self._last_step[metric.key] = step
+        self._queue.put(_Metrics(new))
 
     def log_artifact(self, data: bytes, artifact_path: str) -> None:
         """Log `data` as the file `artifact_path` (e.g. "plots/sine_fit.png"), replacing it."""
@@ -130,12 +196,15 @@ class Tracker:
                 item = self._merge_metrics(item)
             self._retrying(lambda item=item: self._apply(item))  # type: ignore[misc]
             last_write = time.monotonic()
+            if isinstance(item, _Metrics):
+                self._applied += item.entries
+                self._journal.mark_applied(self._applied)
             if isinstance(item, _End):
                 return
 
     def _merge_metrics(self, first: _Metrics) -> _Metrics:
         """Coalesce queued metric items into one batch (keeps order; stops at other items)."""
-        metrics = list(first.metrics)
+        metrics, entries = list(first.metrics), first.entries
         while len(metrics) < MAX_METRICS_PER_BATCH:
             try:
                 item = self._queue.queue[0]
@@ -146,8 +215,10 @@ class Tracker:
                 or len(metrics) + len(item.metrics) > MAX_METRICS_PER_BATCH
             ):
                 break
-            metrics.extend(self._queue.get_nowait().metrics)  # type: ignore[union-attr]
-        return _Metrics(metrics)
+            self._queue.get_nowait()  # the item just looked at
+            metrics.extend(item.metrics)
+            entries += item.entries
+        return _Metrics(metrics, entries)
 
     def _retrying(self, action: Callable[[], None]) -> None:
         while True:

@@ -1,17 +1,15 @@
 """The MLflow tracker against real stores: a SQLite file, and a tracking server that is down."""
 
-import subprocess
-import sys
 from pathlib import Path
 
-import httpx
 from mlflow import MlflowClient
 
-from service.tracking import Tracker
+from service.tracking import RunRef, Tracker
+from tests.utils.mlflow_server import MlflowServer
 from tests.utils.net import free_port, wait_until
 
 
-def _tracker(uri: str, tmp_path: Path, artifacts: str | None) -> Tracker:
+def _tracker(uri: str, tmp_path: Path, artifacts: str | None, run: RunRef | None = None) -> Tracker:
     return Tracker(
         tracking_uri=uri,
         experiment="reptile-test",
@@ -21,6 +19,7 @@ def _tracker(uri: str, tmp_path: Path, artifacts: str | None) -> Tracker:
         tags={"job_id": "x"},
         staging_dir=tmp_path / "staging",
         retry_seconds=0.2,
+        run=run,
     )
 
 
@@ -44,6 +43,32 @@ def test_metrics_params_and_artifacts_reach_a_sqlite_store(tmp_path: Path) -> No
     assert not any((tmp_path / "staging").rglob("*.png"))  # staged copies cleaned up
 
 
+def test_a_crashed_trackers_journal_is_replayed_once_and_not_relogged(tmp_path: Path) -> None:
+    """A killed controller's metrics reach MLflow from the journal; re-run rounds add nothing."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    first = _tracker(uri, tmp_path, None)
+    for step in range(1, 4):
+        first.log_metrics({"meta_loss_after": float(step)}, step=step)
+    assert first.finish(None) and first.run is not None
+    # the crash: MLflow's progress marker never written, half a line appended
+    (tmp_path / "staging" / "metrics.applied").unlink()
+    with (tmp_path / "staging" / "metrics.jsonl").open("a") as journal:
+        journal.write('[["meta_loss_after", 9.0')
+    second = _tracker(uri, tmp_path, None, run=first.run)
+    for step in range(2, 6):  # resumed from a checkpoint at round 1: rounds 2-3 run again
+        second.log_metrics({"meta_loss_after": float(step) + 0.5}, step=step)
+    assert second.finish("FINISHED")
+    assert second.run == first.run
+    history = MlflowClient(uri).get_metric_history(first.run.run_id, "meta_loss_after")
+    assert sorted((m.step, m.value) for m in history) == [
+        (1, 1.0),
+        (2, 2.0),
+        (3, 3.0),
+        (4, 4.5),
+        (5, 5.5),
+    ]
+
+
 def test_buffers_while_the_server_is_down_and_flushes_when_it_returns(tmp_path: Path) -> None:
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
@@ -52,37 +77,12 @@ def test_buffers_while_the_server_is_down_and_flushes_when_it_returns(tmp_path: 
         tracker.log_metrics({"meta_loss_after": float(step)}, step=step)
     wait_until(lambda: tracker.degraded, 30, "the tracker to report degraded tracking")
     assert tracker.run is None and tracker.last_error
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--backend-store-uri",
-            f"sqlite:///{tmp_path / 'server.db'}",
-            "--artifacts-destination",
-            str(tmp_path / "served"),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    server = MlflowServer(tmp_path / "server", port)
     try:
-        wait_until(lambda: _up(uri), 120, "the MLflow server to start")
+        server.start()
         assert tracker.finish("FINISHED", timeout=60)
         assert not tracker.degraded and tracker.run is not None
         history = MlflowClient(uri).get_metric_history(tracker.run.run_id, "meta_loss_after")
         assert [m.step for m in history] == [1, 2, 3, 4, 5]
     finally:
-        server.terminate()
-        server.wait(30)
-
-
-def _up(uri: str) -> bool:
-    try:
-        return httpx.get(f"{uri}/health", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
+        server.stop()
