@@ -41,6 +41,10 @@ class Invalid(ValueError):
     """The request is well-formed but cannot be served (e.g. more workers than the cluster has)."""
 
 
+class Unavailable(RuntimeError):
+    """The service cannot store what the request would create (e.g. its disk is full)."""
+
+
 @dataclass
 class _Active:
     """A job that is queued or running in this process."""
@@ -107,7 +111,10 @@ class Controller:
             mlflow=MlflowInfo(tracking_uri=self.settings.tracking_uri),
         )
         with self._lock:
-            self.store.save_job(record)
+            try:
+                self.store.save_job(record)
+            except OSError as error:
+                raise Unavailable(f"cannot store the job: {error}") from error
             self._records[job_id] = record
             self._enqueue(job_id)
         return self.get(job_id)
@@ -144,6 +151,8 @@ class Controller:
                 )
             if job_id in self._active:
                 raise Conflict(f"job {job_id} is still stopping; resume it in a moment")
+            if self.store.checkpoint_path(job_id).exists():  # fail now, not in the job
+                read_checkpoint(self.store.checkpoint_path(job_id))
             self._update(job_id, state=JobState.queued, error=None, finished_at=None)
             self._enqueue(job_id)
         return self.get(job_id)
@@ -229,7 +238,10 @@ class Controller:
             support_loss=outcome.support_loss,
             predictions=outcome.predictions,
         )
-        self.store.save_adaptation(record, outcome.weights)
+        try:
+            self.store.save_adaptation(record, outcome.weights)
+        except OSError as error:
+            raise Unavailable(f"cannot store the adaptation: {error}") from error
         return record
 
     def adaptation(self, adaptation_id: str) -> AdaptationRecord:
@@ -248,13 +260,20 @@ class Controller:
         self._executor.submit(self._run, job_id)
 
     def _update(self, job_id: str, **changes: object) -> None:
-        """Apply `changes` to the record and persist it."""
+        """Apply `changes` to the record and persist it.
+
+        A record that cannot be written (disk full) stays current in memory, where the API
+        reads it, and reaches the disk with the next write that succeeds.
+        """
         with self._lock:
             record = self._records[job_id]
             for key, value in changes.items():
                 setattr(record, key, value)
             record.updated_at = now()
-            self.store.save_job(record)
+            try:
+                self.store.save_job(record)
+            except OSError as error:
+                log.error("could not persist job %s: %s", job_id, error)
 
     def _run(self, job_id: str) -> None:
         active = self._active[job_id]
@@ -296,6 +315,8 @@ class Controller:
         except Exception as error:
             log.exception("job %s failed", job_id)
             outcome["error"] = f"{type(error).__name__}: {error}"
+            if active.trainer is not None and active.trainer.checkpointed:
+                outcome["checkpoint_round"] = active.trainer.checkpointed
         finally:
             if pool is not None:
                 pool.shutdown()

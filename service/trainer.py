@@ -82,15 +82,29 @@ class MetaTrainer:
             self.meta.load_state_dict(self.resume.optimizer_state)
             self.history = list(self.resume.history)
         self.phi: Params = self.meta.phi  # the latest φ, readable from other threads
+        self.round = self.start_round  # rounds completed
+        self.checkpointed = self.start_round  # the round of the checkpoint on disk
 
     def run(self, should_stop: Callable[[], bool] = lambda: False) -> bool:
         """Train until the last round (returns True) or until `should_stop()` (returns False).
 
-        Either way φ and the outer optimiser are checkpointed at the round reached.
+        Either way φ and the outer optimiser are checkpointed at the round reached; so they
+        are when a round fails (workers lost, divergence), at the last round completed.
         """
-        spec, inner = self.spec, self.config.inner
         if self.start_round == 0 and not self.history:
             self.on_progress(Progress(0, {}, evaluation=self.evaluate(0)))
+        try:
+            return self._rounds(should_stop)
+        except Exception:
+            if self.round > self.checkpointed:  # keep the rounds done so far for a resume
+                try:
+                    self.checkpoint(self.round)
+                except Exception:
+                    log.exception("could not checkpoint round %d of a failing job", self.round)
+            raise
+
+    def _rounds(self, should_stop: Callable[[], bool]) -> bool:
+        spec, inner = self.spec, self.config.inner
         for round_index in range(self.start_round, spec.rounds):
             done = round_index + 1
             started = time.perf_counter()
@@ -107,6 +121,7 @@ class MetaTrainer:
             eps = epsilon(round_index, self.config)
             self.meta.step(mean_delta, eps)
             self.phi = self.meta.phi
+            self.round = done
             # log
             seconds = time.perf_counter() - started
             metrics = {
@@ -149,6 +164,7 @@ class MetaTrainer:
         """Write the checkpoint atomically, then hand a copy to the tracker."""
         checkpoint = Checkpoint(done, self.phi, self.meta.state_dict(), list(self.history))
         write_checkpoint(self.checkpoint_path, checkpoint)
+        self.checkpointed = done
         self.sink.log_artifact(
             self.checkpoint_path.read_bytes(), "checkpoints/checkpoint.safetensors"
         )
