@@ -12,7 +12,7 @@ from torch.func import functional_call
 from reptile.tasks import make_family
 from service.specs import SineJobSpec
 from tests.utils.reference import assert_same_phi, serial_phi
-from tests.utils.server import Server, events, wait_for_state
+from tests.utils.server import Server, events, resume, wait_for_state
 
 SMALL = {
     "rounds": 30,
@@ -294,9 +294,7 @@ def test_a_cancelled_job_resumes_to_the_uninterrupted_result(server: Server) -> 
         client.post(f"/v1/jobs/{job['id']}/cancel")
         cancelled = wait_for_state(client, job["id"], {"cancelled"}, timeout=60)
         assert cancelled["round"] < 150
-        response = client.post(f"/v1/jobs/{job['id']}/resume")
-        while response.status_code == 409 and "still stopping" in response.text:
-            response = client.post(f"/v1/jobs/{job['id']}/resume")
+        response = resume(client, job["id"])
         assert response.status_code == 202, response.text
         done = wait_for_state(client, job["id"], {"succeeded", "failed"})
         assert (

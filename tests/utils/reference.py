@@ -3,6 +3,7 @@
 from typing import Any
 
 import torch
+from mlflow import MlflowClient
 
 from reptile.params import Params
 from reptile.serial import train_serial
@@ -27,3 +28,9 @@ def assert_same_phi(phi: Params, reference: Params) -> None:
     for name in reference:
         difference = (phi[name] - reference[name]).abs().max().item()
         assert torch.allclose(phi[name], reference[name], atol=ATOL), (name, difference)
+
+
+def assert_every_round_logged_once(tracking_uri: str, run_id: str, rounds: int) -> None:
+    """The run holds exactly one `meta_loss_after` per round: none lost, none logged twice."""
+    history = MlflowClient(tracking_uri).get_metric_history(run_id, "meta_loss_after")
+    assert sorted(m.step for m in history) == list(range(1, rounds + 1))

@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,11 +39,14 @@ class Server:
         return self.log_path.read_text(errors="replace")
 
 
-def start_server(data_dir: Path, **env: str) -> Server:
-    """Start the service like a user would (`reptile serve --no-ui`) and wait until it is ready."""
+def start_server(data_dir: Path, log_dir: Path | None = None, **env: str) -> Server:
+    """Start the service like a user would (`reptile serve --no-ui`) and wait until it is ready.
+
+    Its output goes to a log in `log_dir` (default: the data dir).
+    """
     port = free_port()
     data_dir.mkdir(parents=True, exist_ok=True)
-    log_path = data_dir / f"server-{port}.log"
+    log_path = (log_dir or data_dir) / f"server-{port}.log"
     environment = {
         **os.environ,
         "REPTILE_DATA_DIR": str(data_dir),
@@ -100,3 +104,28 @@ def wait_for_state(
 
     wait_until(reached, timeout, f"job {job_id} to reach {states}", every=0.5)
     return record
+
+
+def wait_for_round(
+    client: httpx.Client, job_id: str, round_reached: int, timeout: float = 300
+) -> dict[str, Any]:
+    """The job's record once it has completed `round_reached` rounds (fails if it ended first)."""
+    record: dict[str, Any] = {}
+
+    def reached() -> bool:
+        nonlocal record
+        record = client.get(f"/v1/jobs/{job_id}").json()
+        assert record["state"] in ("queued", "running"), record
+        return record["round"] >= round_reached
+
+    wait_until(reached, timeout, f"job {job_id} to reach round {round_reached}", every=0.05)
+    return record
+
+
+def resume(client: httpx.Client, job_id: str) -> httpx.Response:
+    """POST …/resume, waiting out the moment a stopped job takes to release its workers."""
+    response = client.post(f"/v1/jobs/{job_id}/resume")
+    while response.status_code == 409 and "still stopping" in response.text:
+        time.sleep(0.1)
+        response = client.post(f"/v1/jobs/{job_id}/resume")
+    return response
