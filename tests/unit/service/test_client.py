@@ -1,6 +1,8 @@
-"""The client's pieces that need no service: SSE parsing and the bearer token."""
+"""The client's pieces that need no service: SSE parsing, the bearer token, a light import."""
 
 import json
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -72,3 +74,11 @@ def test_a_token_is_sent_as_a_bearer_header(
         client.jobs()
     assert seen == [None, "Bearer s3cret", "Bearer from-env"]
 
+
+def test_the_client_commands_load_neither_torch_nor_ray_nor_mlflow() -> None:
+    """`reptile jobs list` must start fast: only `serve` and `train` need the heavy stack."""
+    code = "import sys, service.cli; print(sorted({'torch', 'ray', 'mlflow'} & set(sys.modules)))"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert result.stdout.strip() == "[]"
