@@ -120,20 +120,34 @@ def test_the_job_link_opens_its_run_with_every_metric(
         assert name in text, name
 
 
+def _line_blue(screenshot: Path) -> int:
+    """Pixels of the charts' saturated blue lines and markers (a page without charts has few)."""
+    r, g, b = np.asarray(Image.open(screenshot).convert("RGB")).astype(int).transpose(2, 0, 1)
+    return int(((b > 150) & (b - r > 80) & (b - g > 40)).sum())
+
+
 def test_a_screenshot_of_the_runs_metric_charts(
     finished: JobRecord, mlflow_ui: str, tmp_path: Path
 ) -> None:
     url = f"{finished.mlflow.ui_url}/model-metrics"
+    profile = tmp_path / "profile"
     names = sorted([*finished.metrics, *finished.evaluation])
-    text = _text(_chromium(url, tmp_path / "profile", "--dump-dom"))
+    # charts load lazily (plotly); on a busy machine a first visit may still show spinners
+    text = ""
+
+    def charts_in_dom() -> bool:
+        nonlocal text
+        text = _text(_chromium(url, profile, "--dump-dom"))
+        return names[0] in text  # the first chart's title, in alphabetical order
+
+    wait_until(charts_in_dom, 300, "the first metric chart in the page", every=0)
     assert f"Model metrics ({len(names)})" in text
-    assert names[0] in text  # the first chart, in alphabetical order
 
     screenshot = tmp_path / "model-metrics.png"
-    _chromium(url, tmp_path / "profile", f"--screenshot={screenshot}")
-    image = Image.open(screenshot).convert("RGB")
-    assert image.size == WINDOW
-    # the charts' lines and markers are a saturated blue; a page without charts has few
-    r, g, b = np.asarray(image).astype(int).transpose(2, 0, 1)
-    line_blue = int(((b > 150) & (b - r > 80) & (b - g > 40)).sum())
-    assert line_blue > 3000, f"no metric charts in {screenshot} ({line_blue} blue pixels)"
+
+    def charts_drawn() -> bool:
+        _chromium(url, profile, f"--screenshot={screenshot}")
+        return _line_blue(screenshot) > 3000
+
+    wait_until(charts_drawn, 300, f"metric charts drawn in {screenshot}", every=0)
+    assert Image.open(screenshot).size == WINDOW
