@@ -6,19 +6,21 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from prometheus_client import CollectorRegistry
 
 from api import errors
-from api.routes import adaptations, health, jobs
+from api.routes import adaptations, health, jobs, metrics
 from service.controller import Controller
 from service.settings import Settings
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
+    registry = CollectorRegistry()  # per app: apps in one process must not share metrics
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        controller = Controller(settings)
+        controller = Controller(settings, registry)
         controller.start()
         app.state.controller = controller
         yield
@@ -34,6 +36,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(jobs.router)
     app.include_router(adaptations.router)
+    metrics.install(app, registry)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

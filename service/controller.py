@@ -11,9 +11,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from prometheus_client import CollectorRegistry
+
 from reptile.params import Params
 from service.adaptation import AdaptationError, Outcome, adapt_images, adapt_points
 from service.datasets import DatasetError
+from service.metrics import ServiceMetrics
 from service.records import AdaptationRecord, JobRecord, JobState, MlflowInfo, now
 from service.runtime import make_pool, make_tracker, prepare_dataset
 from service.settings import Settings
@@ -56,13 +59,14 @@ class _Active:
 
 
 class Controller:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, registry: CollectorRegistry | None = None) -> None:
         self.settings = settings
         self.store = Store(settings.data_dir)
         self._lock = threading.RLock()
         self._records = {r.id: r for r in self.store.load_jobs()}
         self._active: dict[str, _Active] = {}
         self._executor = ThreadPoolExecutor(settings.max_concurrent_jobs, thread_name_prefix="job")
+        self.metrics = ServiceMetrics(self.jobs, registry)
 
     # --- life cycle ---------------------------------------------------------------------
     def start(self) -> None:
@@ -190,7 +194,8 @@ class Controller:
         phi, round_reached = self.weights(job_id)
         steps = steps if steps is not None else record.spec.eval_steps
         lr = lr if lr is not None else record.spec.inner_lr
-        outcome = adapt_points(record.spec, phi, x=x, y=y, query_x=query_x, steps=steps, lr=lr)
+        with self.metrics.adaptation_seconds.labels(record.spec.task).time():
+            outcome = adapt_points(record.spec, phi, x=x, y=y, query_x=query_x, steps=steps, lr=lr)
         return self._save_adaptation(job_id, round_reached, steps, lr, outcome)
 
     def adapt_images(
@@ -212,16 +217,17 @@ class Controller:
         steps = steps if steps is not None else spec.eval_steps
         lr = lr if lr is not None else spec.inner_lr
         try:
-            outcome = adapt_images(
-                spec,
-                record.dataset,
-                phi,
-                support=support,
-                labels=labels,
-                query=query,
-                steps=steps,
-                lr=lr,
-            )
+            with self.metrics.adaptation_seconds.labels(spec.task).time():
+                outcome = adapt_images(
+                    spec,
+                    record.dataset,
+                    phi,
+                    support=support,
+                    labels=labels,
+                    query=query,
+                    steps=steps,
+                    lr=lr,
+                )
         except AdaptationError as error:
             raise Invalid(str(error)) from error
         return self._save_adaptation(job_id, round_reached, steps, lr, outcome)
@@ -364,6 +370,8 @@ class Controller:
     def _progress(self, job_id: str, progress: Progress, tracker: Tracker) -> None:
         with self._lock:
             record = self._records[job_id]
+            if progress.round:  # round 0 only reports the initial evaluation
+                self.metrics.rounds.labels(record.spec.task).inc()
             record.round = progress.round
             record.metrics = progress.metrics or record.metrics
             if progress.evaluation is not None:

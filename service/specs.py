@@ -5,7 +5,7 @@ image job's `data` is optional and validated; unknown fields are rejected, so a 
 falls back silently to a default.
 """
 
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -18,8 +18,9 @@ from pydantic import (
     model_validator,
 )
 
-from reptile.inner import InnerConfig
-from reptile.meta import MetaConfig
+if TYPE_CHECKING:  # imported where used: API clients read specs without loading torch
+    from reptile.inner import InnerConfig
+    from reptile.meta import MetaConfig
 
 Optimizer = Literal["sgd", "adam"]
 
@@ -64,7 +65,9 @@ class _JobSpecBase(BaseModel):
             raise ValueError("outer_lr_final must not exceed outer_lr (ε only anneals down)")
         return self
 
-    def inner_config(self) -> InnerConfig:
+    def inner_config(self) -> "InnerConfig":
+        from reptile.inner import InnerConfig
+
         return InnerConfig(
             steps=self.inner_steps,
             batch_size=self.inner_batch_size,
@@ -72,7 +75,9 @@ class _JobSpecBase(BaseModel):
             optimizer=self.inner_optimizer,
         )
 
-    def meta_config(self) -> MetaConfig:
+    def meta_config(self) -> "MetaConfig":
+        from reptile.meta import MetaConfig
+
         return MetaConfig(
             rounds=self.rounds,
             meta_batch_size=self.meta_batch_size,
