@@ -42,19 +42,22 @@ class Server:
 def start_server(data_dir: Path, log_dir: Path | None = None, **env: str) -> Server:
     """Start the service like a user would (`reptile serve --no-ui`) and wait until it is ready.
 
-    Its output goes to a log in `log_dir` (default: the data dir).
+    Its output goes to a log in `log_dir` (default: the data dir). It gets a local Ray and
+    MLflow store unless `env` names RAY_ADDRESS / MLFLOW_TRACKING_URI (those of the test's own
+    environment are never inherited).
     """
     port = free_port()
     data_dir.mkdir(parents=True, exist_ok=True)
     log_path = (log_dir or data_dir) / f"server-{port}.log"
+    inherited = {
+        k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")
+    }
     environment = {
-        **os.environ,
+        **inherited,
         "REPTILE_DATA_DIR": str(data_dir),
         "REPTILE_RAY_NUM_CPUS": "4",
         **env,
     }
-    environment.pop("MLFLOW_TRACKING_URI", None)
-    environment.pop("RAY_ADDRESS", None)
     reptile = Path(sys.executable).with_name("reptile")
     with log_path.open("wb") as log:
         process = subprocess.Popen(
