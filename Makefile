@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/pip install --quiet --disable-pip-version-check
 
-.PHONY: install serve test lint
+.PHONY: install serve test lint system-packages
 
 $(BIN)/reptile: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -23,5 +23,22 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint
+# The deployment tests' system packages: PostgreSQL (tests/cluster) and Debian's docker-compose
+# (validates docker-compose.yml). Installed when missing and possible (root with apt-get);
+# otherwise those tests skip and say why.
+system-packages:
+	@missing=""; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null \
+		|| missing="$$missing postgresql"; \
+	command -v docker-compose >/dev/null || missing="$$missing docker-compose"; \
+	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing$$missing"; \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y -qq --no-install-recommends $$missing >/dev/null; } \
+		|| echo "could not install$$missing: the tests that need them skip"; \
+	elif [ -n "$$missing" ]; then \
+		echo "missing$$missing (needs root and apt-get): the tests that need them skip"; \
+	fi
+
+test: lint system-packages
 	$(BIN)/pytest
