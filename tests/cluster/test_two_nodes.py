@@ -37,15 +37,15 @@ def test_a_job_spreads_over_two_ray_nodes_and_lands_in_the_mlflow_server(tmp_pat
     if postgres_bin() is None:
         pytest.skip("PostgreSQL is not installed (`make test` installs it as root with apt)")
     # Ray ≥ 2.59 may turn token auth on by itself; say it explicitly, with one token everywhere.
-    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
-    env = {**os.environ, **auth}
+    token = secrets.token_hex(32)
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
     env.pop("RAY_ADDRESS", None)
     logs = tmp_path / "logs"
     artifacts = tmp_path / "artifacts"
     logs.mkdir()
     artifacts.mkdir()
     with topology(logs, artifacts, env, num_cpus=2) as cluster:
-        job, weights = _run_job(tmp_path / "service", cluster, auth)
+        job, weights = _run_job(tmp_path / "service", cluster, token)
         with psycopg.connect(cluster.database) as connection, connection.cursor() as cursor:
             cursor.execute("SELECT status FROM runs WHERE run_uuid = %s", (job["run_id"],))
             assert cursor.fetchall() == [("FINISHED",)]  # the run is in PostgreSQL
@@ -70,7 +70,7 @@ def test_a_job_spreads_over_two_ray_nodes_and_lands_in_the_mlflow_server(tmp_pat
 
 
 def _run_job(
-    data_dir: Path, cluster: Topology, auth: dict[str, str]
+    data_dir: Path, cluster: Topology, ray_token: str
 ) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
     """Serve on the cluster, run JOB to the end; its MLflow ids and the φ the API returns."""
     server = start_server(
@@ -78,7 +78,8 @@ def _run_job(
         RAY_ADDRESS=cluster.ray_address,
         MLFLOW_TRACKING_URI=cluster.mlflow_url,
         REPTILE_MLFLOW_UI_URL=cluster.mlflow_url,
-        **auth,
+        RAY_AUTH_MODE="token",
+        RAY_AUTH_TOKEN=ray_token,
     )
     try:
         with server.client() as client:
