@@ -15,7 +15,7 @@ import torch
 from mlflow import MlflowClient
 from safetensors.torch import load, load_file
 
-from tests.utils.server import start_server, wait_for_state
+from tests.utils.server import launch_server, wait_for_state
 from tests.utils.topology import Topology, postgres_bin, topology
 
 pytestmark = pytest.mark.cluster
@@ -73,7 +73,7 @@ def _run_job(
     data_dir: Path, cluster: Topology, ray_token: str
 ) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
     """Serve on the cluster, run JOB to the end; its MLflow ids and the φ the API returns."""
-    server = start_server(
+    server = launch_server(  # while MLflow still starts: the API needs only Ray to be ready
         data_dir,
         RAY_ADDRESS=cluster.ray_address,
         MLFLOW_TRACKING_URI=cluster.mlflow_url,
@@ -82,6 +82,8 @@ def _run_job(
         RAY_AUTH_TOKEN=ray_token,
     )
     try:
+        cluster.wait_for_mlflow()
+        server.wait_ready()
         with server.client() as client:
             response = client.post("/v1/jobs", json=JOB)
             assert response.status_code == 202, response.text

@@ -36,14 +36,6 @@ print(json.dumps({n["NodeID"]: n["Resources"] for n in alive}))
 
 
 @dataclass(frozen=True)
-class Topology:
-    database: str  # postgresql://… : MLflow's backend store
-    mlflow_url: str  # the tracking server: what MLFLOW_TRACKING_URI names
-    ray_address: str  # the head's GCS, host:port: what RAY_ADDRESS names
-    ray_nodes: dict[str, str]  # node name (a custom resource of that node only) → Ray node id
-
-
-@dataclass(frozen=True)
 class _Running:
     process: subprocess.Popen[bytes]
     log: Path
@@ -53,6 +45,19 @@ class _Running:
         if self.process.poll() is not None:
             tail = self.log.read_text(errors="replace")[-4000:]
             raise AssertionError(f"{self.process.args!r} exited: {self.process.returncode}\n{tail}")
+
+
+@dataclass(frozen=True)
+class Topology:
+    database: str  # postgresql://… : MLflow's backend store
+    mlflow_url: str  # the tracking server: what MLFLOW_TRACKING_URI names
+    ray_address: str  # the head's GCS, host:port: what RAY_ADDRESS names
+    ray_nodes: dict[str, str]  # node name (a custom resource of that node only) → Ray node id
+    mlflow: _Running
+
+    def wait_for_mlflow(self) -> None:
+        """Wait for the MLflow server's /health (it creates its schema first: the slowest)."""
+        wait_until(lambda: _healthy(self.mlflow_url, self.mlflow), 180, "MLflow's /health")
 
 
 def postgres_bin() -> Path | None:
@@ -66,7 +71,8 @@ def postgres_bin() -> Path | None:
 
 @contextmanager
 def topology(logs: Path, artifacts: Path, env: dict[str, str], num_cpus: int) -> Iterator[Topology]:
-    """Start everything, the slow starters (MLflow, Ray) side by side; yield once all are ready.
+    """Start everything, the slow starters (MLflow, Ray) side by side; yield once both Ray
+    nodes have joined, with MLflow started (`Topology.wait_for_mlflow`).
 
     `env` is the Ray nodes' environment (token auth); each node gets `num_cpus` CPUs.
     """
@@ -105,8 +111,7 @@ def topology(logs: Path, artifacts: Path, env: dict[str, str], num_cpus: int) ->
             if name in resources
         }
         mlflow_url = f"http://127.0.0.1:{mlflow_port}"
-        wait_until(lambda: _healthy(mlflow_url, mlflow), 180, "the MLflow server's /health")
-        yield Topology(database, mlflow_url, ray_address, ray_nodes)
+        yield Topology(database, mlflow_url, ray_address, ray_nodes, mlflow)
 
 
 @dataclass(frozen=True)
