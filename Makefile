@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/pip install --quiet --disable-pip-version-check
 
-.PHONY: install serve test lint chromium
+.PHONY: install serve test lint system-packages
 
 $(BIN)/reptile: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -23,17 +23,23 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-# The MLflow UI browser test needs Debian's chromium: installed here when missing and root can
-# run apt-get; otherwise that test is skipped.
-chromium:
-	@command -v chromium >/dev/null || { \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    echo "installing chromium for the browser test"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
-	  else \
-	    echo "chromium not installed (needs root and apt-get): the browser test is skipped"; \
-	  fi; \
-	}
+# System packages some tests drive: PostgreSQL (tests/cluster), Debian's docker-compose
+# (validates docker-compose.yml) and chromium (the MLflow UI browser test). Installed when
+# missing and possible (root with apt-get); otherwise those tests skip and say why.
+system-packages:
+	@missing=""; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null \
+		|| missing="$$missing postgresql"; \
+	command -v docker-compose >/dev/null || missing="$$missing docker-compose"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing$$missing"; \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y -qq --no-install-recommends $$missing >/dev/null; } \
+		|| echo "could not install$$missing: the tests that need them skip"; \
+	elif [ -n "$$missing" ]; then \
+		echo "missing$$missing (needs root and apt-get): the tests that need them skip"; \
+	fi
 
-test: lint chromium
+test: lint system-packages
 	$(BIN)/pytest

@@ -151,6 +151,7 @@ def train(
         try:
             trainer.run()
         finally:
+            tracker.set_tag("ray_nodes", ",".join(sorted(pool.node_ids)))
             pool.shutdown()
     write_weights(output, trainer.phi)
     tracker.log_artifact(output.read_bytes(), "weights/phi.safetensors")

@@ -325,6 +325,8 @@ class Controller:
                 outcome["checkpoint_round"] = active.trainer.checkpointed
         finally:
             if pool is not None:
+                if tracker is not None:  # the Ray nodes that ran it, where its actor logs are
+                    tracker.set_tag("ray_nodes", ",".join(sorted(pool.node_ids)))
                 pool.shutdown()
             if tracker is not None:
                 tracker.finish(status)

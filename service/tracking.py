@@ -98,6 +98,12 @@ class _Artifact:
 
 
 @dataclass(frozen=True)
+class _Tag:
+    key: str
+    value: str
+
+
+@dataclass(frozen=True)
 class _End:
     status: str | None  # None: leave the run open (the job will resume in it)
 
@@ -133,7 +139,7 @@ class Tracker:
         self.run = run
         self.degraded = False
         self.last_error: str | None = None
-        self._queue: queue.Queue[_Metrics | _Artifact | _End] = queue.Queue()
+        self._queue: queue.Queue[_Metrics | _Artifact | _Tag | _End] = queue.Queue()
         self._journal = _Journal(staging_dir)
         entries, self._applied = self._journal.load()
         # a resumed job re-runs the rounds after its checkpoint: what is journaled stays as is
@@ -167,6 +173,10 @@ class Tracker:
         staged = Path(tempfile.mkdtemp(dir=self._ensure_staging())) / name
         staged.write_bytes(data)
         self._queue.put(_Artifact(staged, artifact_dir))
+
+    def set_tag(self, key: str, value: str) -> None:
+        """Set (or replace) a tag of the run."""
+        self._queue.put(_Tag(key, value))
 
     def finish(self, status: str | None, timeout: float = 30.0) -> bool:
         """Flush the queue, then end the run with `status` (FINISHED, FAILED, KILLED).
@@ -255,13 +265,15 @@ class Tracker:
         self.run = RunRef(experiment_id=experiment_id, run_id=run.info.run_id)
         self._on_run(self.run)
 
-    def _apply(self, item: _Metrics | _Artifact | _End) -> None:
+    def _apply(self, item: _Metrics | _Artifact | _Tag | _End) -> None:
         assert self.run is not None
         if isinstance(item, _Metrics):
             self._client.log_batch(self.run.run_id, metrics=item.metrics)
         elif isinstance(item, _Artifact):
             self._client.log_artifact(self.run.run_id, str(item.local_path), item.artifact_dir)
             shutil.rmtree(item.local_path.parent, ignore_errors=True)
+        elif isinstance(item, _Tag):
+            self._client.set_tag(self.run.run_id, item.key, item.value)
         elif item.status is not None:
             self._client.set_terminated(self.run.run_id, status=item.status)
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import ray
 import torch
 
 from reptile.inner import InnerConfig, run_tasks
@@ -28,6 +29,7 @@ class ChunkOutput:
     loss_before: np.ndarray  # (count,)
     loss_after: np.ndarray  # (count,)
     compute_seconds: float
+    node_id: str  # the Ray node that ran the chunk
 
 
 class InnerLoopWorker:
@@ -38,6 +40,7 @@ class InnerLoopWorker:
         torch.set_num_threads(num_threads)
         self.family = make_family(task, **task_options)
         self.model = self.family.make_model()
+        self.node_id = ray.get_runtime_context().get_node_id()
 
     def run_chunk(
         self, phi: dict[str, np.ndarray], seeds: list[int], inner: InnerConfig
@@ -50,6 +53,7 @@ class InnerLoopWorker:
             loss_before=result.loss_before.numpy(),
             loss_after=result.loss_after.numpy(),
             compute_seconds=time.perf_counter() - start,
+            node_id=self.node_id,
         )
 
     def pid(self) -> int:

@@ -2,7 +2,8 @@
 
 The only module that knows Ray's actor API. A round puts φ in the object store once, gives each
 actor one contiguous chunk of the round's seeds, waits with a deadline, re-runs a failed or late
-chunk on a fresh actor, and sums the chunks' deltas in chunk order.
+chunk on a fresh actor, and sums the chunks' deltas in chunk order. Actors are spread over the
+cluster's nodes, and the pool remembers which nodes ran its chunks.
 """
 
 import logging
@@ -67,11 +68,16 @@ class WorkerPool:
                 f"{num_workers} workers need {num_workers * num_cpus:g} CPUs; "
                 f"the Ray cluster has {available:g}"
             )
-        self._remote = ray.remote(InnerLoopWorker).options(num_cpus=num_cpus)
+        # SPREAD: actors go to different nodes where they fit, so a job uses the cluster's
+        # cores rather than packing onto the first node (no effect on a single machine).
+        self._remote = ray.remote(InnerLoopWorker).options(
+            num_cpus=num_cpus, scheduling_strategy="SPREAD"
+        )
         self._init_args = (task, task_options)
         self._round_timeout_s = round_timeout_s
         self._chunk_retries = chunk_retries
         self.actors = [self._new_actor() for _ in range(num_workers)]
+        self.node_ids: set[str] = set()  # the Ray nodes that have run this pool's chunks
 
     def _new_actor(self) -> Any:
         return self._remote.remote(*self._init_args)
@@ -113,6 +119,7 @@ class WorkerPool:
                     submit(index, attempt + 1, self._replace(index))
                     deadline = time.monotonic() + self._round_timeout_s
         outputs = [r for r in results if r is not None]
+        self.node_ids.update(o.node_id for o in outputs)
         return RoundOutput(
             delta_sum=total(from_numpy(o.delta_sum) for o in outputs),
             count=sum(o.count for o in outputs),

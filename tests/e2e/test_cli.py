@@ -42,6 +42,7 @@ def test_train_runs_a_yaml_job_and_logs_it(tmp_path: Path) -> None:
     (run,) = client.search_runs([experiment.experiment_id])
     assert run.info.run_name == "cli-test" and run.info.status == "FINISHED"
     assert run.data.tags["source"] == "cli"
+    assert len(run.data.tags["ray_nodes"].split(",")) == 1  # the local Ray's one node
     assert len(client.get_metric_history(run.info.run_id, "meta_loss_after")) == 12
 
 

@@ -65,6 +65,7 @@ def test_a_killed_actor_is_replaced_and_the_round_is_unchanged() -> None:
     finally:
         pool.shutdown()
     assert all(torch.allclose(phi[n], reference[n], atol=1e-5) for n in reference)
+    assert pool.node_ids == {ray.get_runtime_context().get_node_id()}  # the one local node
 
 
 def test_more_workers_than_cpus_is_refused_up_front() -> None:

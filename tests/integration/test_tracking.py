@@ -30,12 +30,14 @@ def test_metrics_params_and_artifacts_reach_a_sqlite_store(tmp_path: Path) -> No
         tracker.log_metrics({"meta_loss_after": 1.0 / step, "epsilon": 0.5}, step=step)
     tracker.log_artifact(b"first", "plots/fit.png")
     tracker.log_artifact(b"second", "plots/fit.png")  # redrawn: replaces the first
+    tracker.set_tag("ray_nodes", "a,b")
     assert tracker.finish("FINISHED")
     assert tracker.run is not None and not tracker.degraded
     client = MlflowClient(uri)
     run = client.get_run(tracker.run.run_id)
     assert run.info.status == "FINISHED"
     assert run.data.params == {"rounds": "3", "inner_lr": "0.02"}
+    assert run.data.tags["ray_nodes"] == "a,b" and run.data.tags["job_id"] == "x"
     history = client.get_metric_history(run.info.run_id, "meta_loss_after")
     assert [(m.step, m.value) for m in history] == [(1, 1.0), (2, 0.5), (3, 1 / 3)]
     local = Path(client.download_artifacts(run.info.run_id, "plots/fit.png", str(tmp_path)))

@@ -38,23 +38,46 @@ class Server:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def wait_ready(self, timeout: float = 180) -> None:
+        """Wait until /readyz answers; fail with the log if the server exits first."""
+
+        def ready() -> bool:
+            if self.process.poll() is not None:
+                raise AssertionError(f"server exited with {self.process.returncode}:\n{self.log()}")
+            try:
+                return httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(ready, timeout, "the server to become ready")
+
 
 def start_server(data_dir: Path, log_dir: Path | None = None, **env: str) -> Server:
-    """Start the service like a user would (`reptile serve --no-ui`) and wait until it is ready.
+    """Start the service (see `launch_server`) and wait until it is ready."""
+    server = launch_server(data_dir, log_dir, **env)
+    server.wait_ready()
+    return server
 
-    Its output goes to a log in `log_dir` (default: the data dir).
+
+def launch_server(data_dir: Path, log_dir: Path | None = None, **env: str) -> Server:
+    """Start the service like a user would (`reptile serve --no-ui`), without waiting.
+
+    Its output goes to a log in `log_dir` (default: the data dir). It gets a local Ray and
+    MLflow store unless `env` names RAY_ADDRESS / MLFLOW_TRACKING_URI (those of the test's own
+    environment are never inherited).
     """
     port = free_port()
     data_dir.mkdir(parents=True, exist_ok=True)
     log_path = (log_dir or data_dir) / f"server-{port}.log"
+    inherited = {
+        k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")
+    }
     environment = {
-        **os.environ,
+        **inherited,
         "REPTILE_DATA_DIR": str(data_dir),
         "REPTILE_RAY_NUM_CPUS": "4",
         **env,
     }
-    environment.pop("MLFLOW_TRACKING_URI", None)
-    environment.pop("RAY_ADDRESS", None)
     reptile = Path(sys.executable).with_name("reptile")
     with log_path.open("wb") as log:
         process = subprocess.Popen(
@@ -63,18 +86,7 @@ def start_server(data_dir: Path, log_dir: Path | None = None, **env: str) -> Ser
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-    server = Server(f"http://127.0.0.1:{port}", data_dir, process, log_path)
-
-    def ready() -> bool:
-        if process.poll() is not None:
-            raise AssertionError(f"server exited with {process.returncode}:\n{server.log()}")
-        try:
-            return httpx.get(f"{server.url}/readyz", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    wait_until(ready, 180, "the server to become ready")
-    return server
+    return Server(f"http://127.0.0.1:{port}", data_dir, process, log_path)
 
 
 def events(
