@@ -8,7 +8,9 @@ jobs again and resumes interrupted ones from their last checkpoint.
 import logging
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from reptile.params import Params
@@ -27,6 +29,9 @@ from workers.cluster import connect, total_cpus
 log = logging.getLogger(__name__)
 
 PERSIST_EVERY_S = 1.0  # progress is written to the record at most this often
+# Retry-After hints: an adaptation takes about a second, a job slot frees in minutes.
+ADAPTATION_RETRY_S = 1
+JOB_RETRY_S = 60
 
 
 class NotFound(LookupError):
@@ -39,6 +44,14 @@ class Conflict(RuntimeError):
 
 class Invalid(ValueError):
     """The request is well-formed but cannot be served (e.g. more workers than the cluster has)."""
+
+
+class Busy(RuntimeError):
+    """The service is at one of its limits; the same request may succeed `retry_after_s` later."""
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 @dataclass
@@ -59,6 +72,7 @@ class Controller:
         self._records = {r.id: r for r in self.store.load_jobs()}
         self._active: dict[str, _Active] = {}
         self._executor = ThreadPoolExecutor(settings.max_concurrent_jobs, thread_name_prefix="job")
+        self._adaptation_slots = threading.BoundedSemaphore(settings.max_concurrent_adaptations)
 
     # --- life cycle ---------------------------------------------------------------------
     def start(self) -> None:
@@ -89,6 +103,7 @@ class Controller:
     # --- jobs ---------------------------------------------------------------------------
     def submit(self, spec: AnyJobSpec) -> JobRecord:
         """Queue a job; an image job's data set is checked and prepared here, before it runs."""
+        self._check_capacity()  # before preparing a data set; again below, under the lock
         cpus = total_cpus()
         if spec.num_workers > cpus:
             raise Invalid(
@@ -107,6 +122,7 @@ class Controller:
             mlflow=MlflowInfo(tracking_uri=self.settings.tracking_uri),
         )
         with self._lock:
+            self._check_capacity()
             self.store.save_job(record)
             self._records[job_id] = record
             self._enqueue(job_id)
@@ -144,9 +160,21 @@ class Controller:
                 )
             if job_id in self._active:
                 raise Conflict(f"job {job_id} is still stopping; resume it in a moment")
+            self._check_capacity()
             self._update(job_id, state=JobState.queued, error=None, finished_at=None)
             self._enqueue(job_id)
         return self.get(job_id)
+
+    def _check_capacity(self) -> None:
+        """Refuse one more queued job once `max_pending_jobs` are queued or running."""
+        with self._lock:
+            pending = sum(not r.state.terminal for r in self._records.values())
+        if pending >= self.settings.max_pending_jobs:
+            raise Busy(
+                f"{pending} jobs are queued or running, the limit of this service; "
+                "retry when one has finished",
+                JOB_RETRY_S,
+            )
 
     def weights(self, job_id: str) -> tuple[Params, int]:
         """The current meta-weights and the round they belong to."""
@@ -181,7 +209,9 @@ class Controller:
         phi, round_reached = self.weights(job_id)
         steps = steps if steps is not None else record.spec.eval_steps
         lr = lr if lr is not None else record.spec.inner_lr
-        outcome = adapt_points(record.spec, phi, x=x, y=y, query_x=query_x, steps=steps, lr=lr)
+        self._check_adaptation_work(record.spec, steps, len(x))
+        with self._adaptation_slot():
+            outcome = adapt_points(record.spec, phi, x=x, y=y, query_x=query_x, steps=steps, lr=lr)
         return self._save_adaptation(job_id, round_reached, steps, lr, outcome)
 
     def adapt_images(
@@ -202,20 +232,45 @@ class Controller:
         phi, round_reached = self.weights(job_id)
         steps = steps if steps is not None else spec.eval_steps
         lr = lr if lr is not None else spec.inner_lr
+        self._check_adaptation_work(spec, steps, len(support))
         try:
-            outcome = adapt_images(
-                spec,
-                record.dataset,
-                phi,
-                support=support,
-                labels=labels,
-                query=query,
-                steps=steps,
-                lr=lr,
-            )
+            with self._adaptation_slot():
+                outcome = adapt_images(
+                    spec,
+                    record.dataset,
+                    phi,
+                    support=support,
+                    labels=labels,
+                    query=query,
+                    steps=steps,
+                    lr=lr,
+                )
         except AdaptationError as error:
             raise Invalid(str(error)) from error
         return self._save_adaptation(job_id, round_reached, steps, lr, outcome)
+
+    @staticmethod
+    def _check_adaptation_work(spec: AnyJobSpec, steps: int, examples: int) -> None:
+        """An adaptation may cost what one round may (the family's `max_work`), no more."""
+        if steps * examples > spec.max_work:
+            raise Invalid(
+                f"{steps} steps on {examples} support examples = {steps * examples:,} "
+                f"example-steps exceeds this service's limit of {spec.max_work:,}"
+            )
+
+    @contextmanager
+    def _adaptation_slot(self) -> Iterator[None]:
+        """Hold one of the `max_concurrent_adaptations` slots: each one keeps a CPU busy."""
+        if not self._adaptation_slots.acquire(blocking=False):
+            raise Busy(
+                f"{self.settings.max_concurrent_adaptations} adaptations are running, the "
+                "limit of this service; retry in a moment",
+                ADAPTATION_RETRY_S,
+            )
+        try:
+            yield
+        finally:
+            self._adaptation_slots.release()
 
     def _save_adaptation(
         self, job_id: str, round_reached: int, steps: int, lr: float, outcome: Outcome

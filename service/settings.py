@@ -46,6 +46,15 @@ class Settings(BaseSettings):
     auto_resume: bool = Field(
         default=True, description="Resume interrupted jobs from their checkpoint at start-up"
     )
+    max_body_bytes: int = Field(
+        default=16 * 2**20, ge=1024, description="Largest request body accepted (413 beyond)"
+    )
+    max_concurrent_adaptations: int = Field(
+        default=4, ge=1, description="Adaptations computed at once (429 beyond)"
+    )
+    max_pending_jobs: int = Field(
+        default=16, ge=1, description="Queued plus running jobs (429 for a submission beyond)"
+    )
 
     @field_validator("data_dir", "data_root")
     @classmethod

@@ -14,9 +14,12 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from starlette.datastructures import UploadFile
 
+from api import errors
 from api.deps import ControllerDep
 from api.routes.weights import WEIGHTS_RESPONSES, WeightsFormat, weights_response
 from api.schemas import (
+    MAX_ADAPTATION_STEPS,
+    MAX_LR,
     MAX_QUERY_IMAGES,
     MAX_SUPPORT_IMAGES,
     AdaptationPublic,
@@ -25,7 +28,7 @@ from api.schemas import (
 )
 from service.specs import SineJobSpec
 
-router = APIRouter(tags=["adaptations"])
+router = APIRouter(tags=["adaptations"], responses=errors.RESPONSES)
 
 _BODY_SCHEMA = TypeAdapter(SineAdaptationCreate | ImageAdaptationCreate).json_schema(
     ref_template="#/components/schemas/{model}"
@@ -37,11 +40,19 @@ _FORM_SCHEMA = {
     "type": "object",
     "required": ["support", "labels"],
     "properties": {
-        "support": {"type": "array", "items": {"type": "string", "format": "binary"}},
-        "labels": {"type": "array", "items": {"type": "string"}},
-        "query": {"type": "array", "items": {"type": "string", "format": "binary"}},
-        "steps": {"type": "integer", "minimum": 0},
-        "lr": {"type": "number", "exclusiveMinimum": 0},
+        "support": {
+            "type": "array",
+            "items": {"type": "string", "format": "binary"},
+            "maxItems": MAX_SUPPORT_IMAGES,
+        },
+        "labels": {"type": "array", "items": {"type": "string"}, "maxItems": MAX_SUPPORT_IMAGES},
+        "query": {
+            "type": "array",
+            "items": {"type": "string", "format": "binary"},
+            "maxItems": MAX_QUERY_IMAGES,
+        },
+        "steps": {"type": "integer", "minimum": 0, "maximum": MAX_ADAPTATION_STEPS},
+        "lr": {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_LR},
     },
 }
 _OPENAPI = {
