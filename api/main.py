@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from api import errors
+from api import auth, errors
 from api.limits import BodyLimit
 from api.routes import adaptations, health, jobs
 from service.controller import Controller
@@ -36,6 +36,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(adaptations.router)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    # the docs pages and the schema they load stay open (api/auth.py says why)
+    docs = {app.openapi_url, app.docs_url, app.swagger_ui_oauth2_redirect_url, app.redoc_url}
+    public_paths = {"/healthz", "/readyz"} | {path for path in docs if path}
+    if settings.api_token is not None:  # added last, so it runs first
+        app.add_middleware(auth.BearerAuth, token=settings.api_token, public_paths=public_paths)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -48,6 +53,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             schema.setdefault("components", {}).setdefault("schemas", {}).update(
                 adaptations.SCHEMA_COMPONENTS
             )
+            if settings.api_token is not None:
+                auth.declare(schema, public_paths)
             app.openapi_schema = schema
         return app.openapi_schema
 

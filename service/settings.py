@@ -7,7 +7,7 @@ environment that configures the MLflow and Ray clients configures the service.
 from functools import cached_property
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -54,6 +54,11 @@ class Settings(BaseSettings):
     )
     max_pending_jobs: int = Field(
         default=16, ge=1, description="Queued plus running jobs (429 for a submission beyond)"
+    )
+    api_token: SecretStr | None = Field(
+        default=None,
+        min_length=16,
+        description="Bearer token every endpoint but /healthz and /readyz requires; unset: none",
     )
 
     @field_validator("data_dir", "data_root")
