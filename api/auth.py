@@ -14,6 +14,8 @@ from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from api.errors import json_response
+
 SCHEME = "bearerAuth"  # the security scheme's name in the OpenAPI schema
 
 
@@ -57,9 +59,4 @@ def declare(schema: dict[str, Any], public_paths: set[str]) -> None:
             if path in public_paths:
                 operation["security"] = []
             else:
-                operation["responses"]["401"] = {
-                    "description": "Missing or invalid bearer token",
-                    "content": {
-                        "application/json": {"schema": {"$ref": "#/components/schemas/Message"}}
-                    },
-                }
+                operation["responses"]["401"] = json_response("Missing or invalid bearer token")

@@ -8,27 +8,41 @@ from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from pydantic import TypeAdapter
+from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 from api.schemas import FieldErrors, Message
 from service.controller import Busy, Conflict, Invalid, NotFound
 from service.weights import CorruptCheckpoint
 
+# Error bodies are JSON whatever a route answers on success (an event stream, safetensors), so
+# their content type is spelt out rather than left to FastAPI, which would use the route's.
+_ERROR_SCHEMA = TypeAdapter(FieldErrors | Message).json_schema(
+    ref_template="#/components/schemas/{model}"
+)
+SCHEMA_COMPONENTS: dict[str, Any] = _ERROR_SCHEMA["$defs"]
+MESSAGE_SCHEMA = {"$ref": "#/components/schemas/Message"}
 
-def _message(description: str) -> dict[str, Any]:
-    return {"model": Message, "description": description}
+
+def json_response(description: str, schema: dict[str, Any] = MESSAGE_SCHEMA) -> dict[str, Any]:
+    """An OpenAPI response with a JSON body (a `Message` unless `schema` says otherwise)."""
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
 # The error answers of the API's routes, declared in the OpenAPI schema.
 RESPONSES: dict[int | str, dict[str, Any]] = {
-    404: _message("No job or adaptation with that id"),
-    409: _message("The request does not fit the job's current state"),
-    413: _message("The request body is larger than the server's limit"),
-    422: {
-        "model": FieldErrors | Message,
-        "description": "Invalid input: the fields at fault, or what the service cannot serve",
-    },
+    400: json_response("The body could not be read (e.g. text that is not UTF-8)"),
+    404: json_response("No job or adaptation with that id"),
+    409: json_response("The request does not fit the job's current state"),
+    413: json_response("The request body is larger than the server's limit"),
+    422: json_response(
+        "Invalid input: the fields at fault, or what the service cannot serve",
+        {"anyOf": _ERROR_SCHEMA["anyOf"]},
+    ),
     429: {
-        **_message("The service is at one of its limits; retry after Retry-After seconds"),
+        **json_response("The service is at one of its limits; retry after Retry-After seconds"),
         "headers": {"Retry-After": {"schema": {"type": "integer"}}},
     },
 }
@@ -59,6 +73,20 @@ def _with_status(status: int) -> Callable[[Request, Exception], Awaitable[JSONRe
     return handle
 
 
+async def _method_not_allowed(request: Request, error: Exception) -> JSONResponse:
+    """405 whose `Allow` lists every method of the path (Starlette names only the first route's)."""
+    assert isinstance(error, HTTPException)
+    allowed = sorted(
+        method
+        for route in request.app.routes
+        if isinstance(route, APIRoute) and route.matches(request.scope)[0] != Match.NONE
+        for method in route.methods or ()
+    )
+    return JSONResponse(
+        status_code=405, content={"detail": error.detail}, headers={"Allow": ", ".join(allowed)}
+    )
+
+
 async def _busy(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, Busy)
     return JSONResponse(
@@ -75,3 +103,4 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(Invalid, _with_status(422))
     app.add_exception_handler(CorruptCheckpoint, _with_status(409))  # stored state unusable
     app.add_exception_handler(Busy, _busy)
+    app.add_exception_handler(405, _method_not_allowed)

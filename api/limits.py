@@ -2,7 +2,8 @@
 
 A declared `Content-Length` over the cap is refused at once, without reading the body; a body
 without one (chunked) is counted as it streams in and refused when the count passes the cap,
-so a client can never make the server buffer more than `max_bytes`.
+so a client can never make the server buffer more than `max_bytes`. (FastAPI's own
+`max_body_size` answers a declared oversize body in plain text, replacing any JSON answer.)
 """
 
 from fastapi import HTTPException

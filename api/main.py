@@ -50,9 +50,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 description=app.description,
                 routes=app.routes,
             )
-            schema.setdefault("components", {}).setdefault("schemas", {}).update(
-                adaptations.SCHEMA_COMPONENTS
-            )
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            components.update(adaptations.SCHEMA_COMPONENTS)
+            components.update(errors.SCHEMA_COMPONENTS)
             if settings.api_token is not None:
                 auth.declare(schema, public_paths)
             app.openapi_schema = schema

@@ -27,7 +27,9 @@ Optimizer = Literal["sgd", "adam"]
 class _JobSpecBase(BaseModel):
     """Fields every task family shares (defaults are the sine job's; families override)."""
 
-    model_config = ConfigDict(extra="forbid")
+    # strict: a value of the wrong JSON type (`true` or "5" for an integer) is an error, as the
+    # schema says, not coerced
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     name: str | None = Field(default=None, max_length=200, description="MLflow run name")
     seed: int = Field(default=0, ge=0, le=2**32 - 1, description="Seeds φ's init and all tasks")
@@ -139,6 +141,7 @@ class _ImageJobSpec(_JobSpecBase):
     data: str = Field(
         min_length=1,
         max_length=4096,
+        pattern=r"^[^\x00]*$",  # no path holds a NUL character
         description="Data set path on the controller and worker machines (relative: to the "
         "service's data root)",
     )

@@ -66,9 +66,10 @@ _OPENAPI = {
 }
 
 
-def _validated(model: type[BaseModel], data: Any) -> Any:
+def _validated(model: type[BaseModel], data: Any, strict: bool) -> Any:
+    """`data` as `model`; strict for JSON (no `true` or "5" for a number), not for form text."""
     try:
-        return model.model_validate(data)
+        return model.model_validate(data, strict=strict)
     except ValidationError as error:
         raise RequestValidationError(
             [{**e, "loc": ("body", *e["loc"])} for e in error.errors()]
@@ -106,7 +107,8 @@ async def create_adaptation(
 ) -> AdaptationPublic:
     """Adapt the job's current φ (the latest round's while it runs) to the support set."""
     spec = controller.get(job_id).spec  # 404 first
-    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+    form = request.headers.get("content-type", "").startswith("multipart/form-data")
+    if form:
         data: Any = await _form_body(request)
     else:
         try:
@@ -116,7 +118,7 @@ async def create_adaptation(
                 [{"type": "json_invalid", "loc": ("body",), "msg": f"invalid JSON: {error}"}]
             ) from None
     if isinstance(spec, SineJobSpec):
-        points = _validated(SineAdaptationCreate, data)
+        points = _validated(SineAdaptationCreate, data, strict=not form)
         record = await run_in_threadpool(
             lambda: controller.adapt_points(
                 job_id,
@@ -128,7 +130,7 @@ async def create_adaptation(
             )
         )
     else:
-        images = _validated(ImageAdaptationCreate, data)
+        images = _validated(ImageAdaptationCreate, data, strict=not form)
         record = await run_in_threadpool(
             lambda: controller.adapt_images(
                 job_id,

@@ -79,6 +79,9 @@ def test_bad_data_is_a_clear_4xx_at_submission(server: Server) -> None:
         ({"task": "omniglot", "data": str(data_root / ".." / "outside")}, "outside the data root"),
         ({"task": "omniglot", "data": "escape"}, "outside the data root"),
         ({"task": "omniglot", "data": "~"}, "outside the data root"),
+        ({"task": "omniglot", "data": "~no-such-user"}, "Could not determine home directory"),
+        ({"task": "omniglot", "data": "0" * 300}, "cannot be read: File name too long"),
+        ({"task": "omniglot", "data": "a\x00b"}, "String should match pattern"),
         ({"task": "omniglot", "data": "omniglot"}, "has 6 images in"),  # 10 shots by default
         ({**TINY, "data": "omniglot", "held_out": None}, "held_out names groups"),  # defaults
         ({**TINY, "data": "omniglot", "ways": 10}, "10-way tasks need 10 classes"),
