@@ -8,12 +8,12 @@ from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
 from pydantic import TypeAdapter
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
 from api.schemas import FieldErrors, Message
+from service.adaptation import AdaptationError
 from service.controller import Busy, Conflict, Invalid, NotFound
 from service.weights import CorruptCheckpoint
 
@@ -33,7 +33,13 @@ def json_response(description: str, schema: dict[str, Any] = MESSAGE_SCHEMA) -> 
 
 # The error answers of the API's routes, declared in the OpenAPI schema.
 RESPONSES: dict[int | str, dict[str, Any]] = {
-    400: json_response("The body could not be read (e.g. text that is not UTF-8)"),
+    400: {  # JSON from the app; plain text from the HTTP server for a malformed request
+        "description": "The request could not be read (e.g. a body that is not UTF-8)",
+        "content": {
+            "application/json": {"schema": MESSAGE_SCHEMA},
+            "text/plain": {"schema": {"type": "string"}},
+        },
+    },
     404: json_response("No job or adaptation with that id"),
     409: json_response("The request does not fit the job's current state"),
     413: json_response("The request body is larger than the server's limit"),
@@ -73,15 +79,20 @@ def _with_status(status: int) -> Callable[[Request, Exception], Awaitable[JSONRe
     return handle
 
 
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
 async def _method_not_allowed(request: Request, error: Exception) -> JSONResponse:
     """405 whose `Allow` lists every method of the path (Starlette names only the first route's)."""
     assert isinstance(error, HTTPException)
-    allowed = sorted(
+    allowed = [
         method
-        for route in request.app.routes
-        if isinstance(route, APIRoute) and route.matches(request.scope)[0] != Match.NONE
-        for method in route.methods or ()
-    )
+        for method in HTTP_METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] == Match.FULL
+            for route in request.app.routes
+        )
+    ]
     return JSONResponse(
         status_code=405, content={"detail": error.detail}, headers={"Allow": ", ".join(allowed)}
     )
@@ -101,6 +112,7 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(NotFound, _with_status(404))
     app.add_exception_handler(Conflict, _with_status(409))
     app.add_exception_handler(Invalid, _with_status(422))
+    app.add_exception_handler(AdaptationError, _with_status(422))  # e.g. a diverged adaptation
     app.add_exception_handler(CorruptCheckpoint, _with_status(409))  # stored state unusable
     app.add_exception_handler(Busy, _busy)
     app.add_exception_handler(405, _method_not_allowed)

@@ -4,10 +4,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from api import auth, errors
+from api.deps import known_query_only
 from api.limits import BodyLimit
 from api.routes import adaptations, health, jobs
 from service.controller import Controller
@@ -30,6 +31,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         description="Meta-train with Reptile on Ray, tracked in MLflow; adapt to new tasks.",
         lifespan=lifespan,
+        dependencies=[Depends(known_query_only)],
     )
     errors.install(app)
     app.include_router(health.router)

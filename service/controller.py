@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from reptile.params import Params
-from service.adaptation import AdaptationError, Outcome, adapt_images, adapt_points
+from service.adaptation import Outcome, adapt_images, adapt_points
 from service.datasets import DatasetError
 from service.records import AdaptationRecord, JobRecord, JobState, MlflowInfo, now
 from service.runtime import make_pool, make_tracker, prepare_dataset
@@ -233,20 +233,17 @@ class Controller:
         steps = steps if steps is not None else spec.eval_steps
         lr = lr if lr is not None else spec.inner_lr
         self._check_adaptation_work(spec, steps, len(support))
-        try:
-            with self._adaptation_slot():
-                outcome = adapt_images(
-                    spec,
-                    record.dataset,
-                    phi,
-                    support=support,
-                    labels=labels,
-                    query=query,
-                    steps=steps,
-                    lr=lr,
-                )
-        except AdaptationError as error:
-            raise Invalid(str(error)) from error
+        with self._adaptation_slot():
+            outcome = adapt_images(
+                spec,
+                record.dataset,
+                phi,
+                support=support,
+                labels=labels,
+                query=query,
+                steps=steps,
+                lr=lr,
+            )
         return self._save_adaptation(job_id, round_reached, steps, lr, outcome)
 
     @staticmethod

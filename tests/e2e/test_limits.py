@@ -77,6 +77,21 @@ def test_specs_and_adaptations_bound_the_work_they_ask_for(server: Server) -> No
             json={"support": {"x": [0.0], "y": [0.0]}, "query": {"x": [0.0]}, "steps": 5000},
         )
         assert response.status_code == 422 and "less than or equal to 1000" in response.text
+        xs = [-5 + i for i in range(11)]
+        response = client.post(  # the largest step size, many steps: φ blows up
+            f"/v1/jobs/{job['id']}/adaptations",
+            json={
+                "support": {"x": xs, "y": [5 * math.sin(x) for x in xs]},
+                "query": {"x": [0.0]},
+                "steps": 1000,
+                "lr": 100,
+            },
+        )
+        assert response.status_code == 422 and "the adaptation diverged" in response.text
+        response = client.get(f"/v1/jobs/{job['id']}/weights", params={"fromat": "json"})
+        assert response.status_code == 422 and "fromat" in response.text
+        response = client.delete("/v1/jobs")
+        assert response.status_code == 405 and response.headers["allow"] == "GET, POST"
 
 
 def test_adaptations_beyond_the_concurrency_limit_get_a_429(server: Server) -> None:
