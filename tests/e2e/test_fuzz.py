@@ -53,7 +53,7 @@ def test_the_server_serves_the_fuzzed_schema(server: Server) -> None:
 
 @schema.parametrize()
 @settings(
-    max_examples=20,
+    max_examples=15,
     deadline=None,
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
