@@ -209,8 +209,7 @@ class Controller:
         phi, round_reached = self.weights(job_id)
         steps = steps if steps is not None else record.spec.eval_steps
         lr = lr if lr is not None else record.spec.inner_lr
-        self._check_adaptation_work(record.spec, steps, len(x))
-        with self._adaptation_slot():
+        with self._adaptation_slot(record.spec, steps, len(x)):
             outcome = adapt_points(record.spec, phi, x=x, y=y, query_x=query_x, steps=steps, lr=lr)
         return self._save_adaptation(job_id, round_reached, steps, lr, outcome)
 
@@ -232,8 +231,7 @@ class Controller:
         phi, round_reached = self.weights(job_id)
         steps = steps if steps is not None else spec.eval_steps
         lr = lr if lr is not None else spec.inner_lr
-        self._check_adaptation_work(spec, steps, len(support))
-        with self._adaptation_slot():
+        with self._adaptation_slot(spec, steps, len(support)):
             outcome = adapt_images(
                 spec,
                 record.dataset,
@@ -246,18 +244,15 @@ class Controller:
             )
         return self._save_adaptation(job_id, round_reached, steps, lr, outcome)
 
-    @staticmethod
-    def _check_adaptation_work(spec: AnyJobSpec, steps: int, examples: int) -> None:
-        """An adaptation may cost what one round may (the family's `max_work`), no more."""
+    @contextmanager
+    def _adaptation_slot(self, spec: AnyJobSpec, steps: int, examples: int) -> Iterator[None]:
+        """Hold one of the `max_concurrent_adaptations` slots (each keeps a CPU busy) for an
+        adaptation that costs no more than one round may (the family's `max_work`)."""
         if steps * examples > spec.max_work:
             raise Invalid(
                 f"{steps} steps on {examples} support examples = {steps * examples:,} "
                 f"example-steps exceeds this service's limit of {spec.max_work:,}"
             )
-
-    @contextmanager
-    def _adaptation_slot(self) -> Iterator[None]:
-        """Hold one of the `max_concurrent_adaptations` slots: each one keeps a CPU busy."""
         if not self._adaptation_slots.acquire(blocking=False):
             raise Busy(
                 f"{self.settings.max_concurrent_adaptations} adaptations are running, the "
