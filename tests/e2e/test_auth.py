@@ -13,7 +13,11 @@ TOKEN = "test-token-0123456789abcdef"
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    running = start_server(Path(tmp_path_factory.mktemp("auth")), REPTILE_API_TOKEN=TOKEN)
+    running = start_server(  # a tracking URI with a password, never used: no job runs here
+        Path(tmp_path_factory.mktemp("auth")),
+        REPTILE_API_TOKEN=TOKEN,
+        REPTILE_MLFLOW_TRACKING_URI="http://reptile:s3cret@127.0.0.1:9/",
+    )
     yield running
     running.stop()
 
@@ -50,6 +54,8 @@ def test_every_endpoint_but_health_and_docs_needs_the_token(server: Server) -> N
                 assert "bearer token" in response.json()["detail"]
         for path in ("/healthz", "/readyz", "/openapi.json", "/docs"):
             assert client.get(path).status_code == 200, path
+        ready = client.get("/readyz").json()  # open, so it shows no password
+        assert ready["tracking_uri"] == "http://reptile:***@127.0.0.1:9/"
 
         authorized = {"Authorization": f"Bearer {TOKEN}"}
         assert client.get("/v1/jobs", headers=authorized).json()["count"] == 0
