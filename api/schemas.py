@@ -2,7 +2,7 @@
 
 import base64
 import binascii
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import (
     BaseModel,
@@ -19,7 +19,8 @@ from service.specs import JobSpec
 
 MAX_SUPPORT_POINTS = 1_000
 MAX_QUERY_POINTS = 10_000
-MAX_ADAPTATION_STEPS = 10_000
+MAX_ADAPTATION_STEPS = 1000
+MAX_LR = 100
 MAX_SUPPORT_IMAGES = 500
 MAX_QUERY_IMAGES = 1_000
 
@@ -43,7 +44,10 @@ class _AdaptationOptions(BaseModel):
         description="Adaptation steps (default: the job's eval_steps)",
     )
     lr: FiniteFloat | None = Field(
-        default=None, gt=0, le=100, description="Adaptation step size (default: the job's inner_lr)"
+        default=None,
+        gt=0,
+        le=MAX_LR,
+        description="Adaptation step size (default: the job's inner_lr)",
     )
 
 
@@ -129,3 +133,17 @@ class WeightsJSON(BaseModel):
 
 class Message(BaseModel):
     detail: str
+
+
+class FieldError(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+    input: Any = None
+    ctx: Any = None
+
+
+class FieldErrors(BaseModel):
+    """A request that failed validation: one entry per wrong field."""
+
+    detail: list[FieldError]

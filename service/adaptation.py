@@ -4,13 +4,14 @@ The images of an upload go through the same decoding as the job's data set (size
 Omniglot's inversion), so the adapted model sees what it was meta-trained on.
 """
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from reptile.evaluate import adapt_and_predict
-from reptile.params import Params
+from reptile.evaluate import Adaptation, adapt_and_predict
+from reptile.params import Params, is_finite
 from reptile.tasks import Task, make_family
 from service.datasets import DatasetError, decode_image
 from service.records import ClassPrediction
@@ -55,6 +56,7 @@ def adapt_points(
         lr=lr,
         optimizer=spec.inner_optimizer,
     )
+    _check_finite(result, lr)
     return Outcome(
         weights=result.weights,
         support_loss={"before": result.loss_before, "after": result.loss_after},
@@ -101,6 +103,7 @@ def adapt_images(
         optimizer=spec.inner_optimizer,
         transductive=spec.transductive,
     )
+    _check_finite(result, lr)
     probabilities = result.predictions.softmax(-1)  # (queries, ways)
     predictions = [
         ClassPrediction(
@@ -114,6 +117,19 @@ def adapt_images(
         support_loss={"before": result.loss_before, "after": result.loss_after},
         predictions=predictions,
     )
+
+
+def _check_finite(result: Adaptation, lr: float) -> None:
+    """Raise AdaptationError if adapting diverged: non-finite numbers are no answer to send."""
+    if not (
+        math.isfinite(result.loss_after)
+        and is_finite(result.weights)
+        and bool(torch.isfinite(result.predictions).all())
+    ):
+        raise AdaptationError(
+            f"the adaptation diverged (support loss {result.loss_after}) at lr={lr}: "
+            "try a smaller lr or fewer steps"
+        )
 
 
 def _decode_all(

@@ -8,13 +8,15 @@ jobs again and resumes interrupted ones from their last checkpoint.
 import logging
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry
 
 from reptile.params import Params
-from service.adaptation import AdaptationError, Outcome, adapt_images, adapt_points
+from service.adaptation import Outcome, adapt_images, adapt_points
 from service.datasets import DatasetError
 from service.metrics import ServiceMetrics
 from service.records import AdaptationRecord, JobRecord, JobState, MlflowInfo, now
@@ -30,6 +32,9 @@ from workers.cluster import connect, total_cpus
 log = logging.getLogger(__name__)
 
 PERSIST_EVERY_S = 1.0  # progress is written to the record at most this often
+# Retry-After hints: an adaptation takes about a second, a job slot frees in minutes.
+ADAPTATION_RETRY_S = 1
+JOB_RETRY_S = 60
 
 
 class NotFound(LookupError):
@@ -46,6 +51,14 @@ class Invalid(ValueError):
 
 class Unavailable(RuntimeError):
     """The service cannot store what the request would create (e.g. its disk is full)."""
+
+
+class Busy(RuntimeError):
+    """The service is at one of its limits; the same request may succeed `retry_after_s` later."""
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 @dataclass
@@ -67,6 +80,7 @@ class Controller:
         self._active: dict[str, _Active] = {}
         self._executor = ThreadPoolExecutor(settings.max_concurrent_jobs, thread_name_prefix="job")
         self.metrics = ServiceMetrics(self.jobs, registry)
+        self._adaptation_slots = threading.BoundedSemaphore(settings.max_concurrent_adaptations)
 
     # --- life cycle ---------------------------------------------------------------------
     def start(self) -> None:
@@ -97,6 +111,7 @@ class Controller:
     # --- jobs ---------------------------------------------------------------------------
     def submit(self, spec: AnyJobSpec) -> JobRecord:
         """Queue a job; an image job's data set is checked and prepared here, before it runs."""
+        self._check_capacity()  # before preparing a data set; again below, under the lock
         cpus = total_cpus()
         if spec.num_workers > cpus:
             raise Invalid(
@@ -115,6 +130,7 @@ class Controller:
             mlflow=MlflowInfo(tracking_uri=self.settings.tracking_uri),
         )
         with self._lock:
+            self._check_capacity()
             try:
                 self.store.save_job(record)
             except OSError as error:
@@ -157,9 +173,21 @@ class Controller:
                 raise Conflict(f"job {job_id} is still stopping; resume it in a moment")
             if self.store.checkpoint_path(job_id).exists():  # fail now, not in the job
                 read_checkpoint(self.store.checkpoint_path(job_id))
+            self._check_capacity()
             self._update(job_id, state=JobState.queued, error=None, finished_at=None)
             self._enqueue(job_id)
         return self.get(job_id)
+
+    def _check_capacity(self) -> None:
+        """Refuse one more queued job once `max_pending_jobs` are queued or running."""
+        with self._lock:
+            pending = sum(not r.state.terminal for r in self._records.values())
+        if pending >= self.settings.max_pending_jobs:
+            raise Busy(
+                f"{pending} jobs are queued or running, the limit of this service; "
+                "retry when one has finished",
+                JOB_RETRY_S,
+            )
 
     def weights(self, job_id: str) -> tuple[Params, int]:
         """The current meta-weights and the round they belong to."""
@@ -194,7 +222,10 @@ class Controller:
         phi, round_reached = self.weights(job_id)
         steps = steps if steps is not None else record.spec.eval_steps
         lr = lr if lr is not None else record.spec.inner_lr
-        with self.metrics.adaptation_seconds.labels(record.spec.task).time():
+        with (
+            self._adaptation_slot(record.spec, steps, len(x)),
+            self.metrics.adaptation_seconds.labels(record.spec.task).time(),
+        ):
             outcome = adapt_points(record.spec, phi, x=x, y=y, query_x=query_x, steps=steps, lr=lr)
         return self._save_adaptation(job_id, round_reached, steps, lr, outcome)
 
@@ -216,21 +247,41 @@ class Controller:
         phi, round_reached = self.weights(job_id)
         steps = steps if steps is not None else spec.eval_steps
         lr = lr if lr is not None else spec.inner_lr
-        try:
-            with self.metrics.adaptation_seconds.labels(spec.task).time():
-                outcome = adapt_images(
-                    spec,
-                    record.dataset,
-                    phi,
-                    support=support,
-                    labels=labels,
-                    query=query,
-                    steps=steps,
-                    lr=lr,
-                )
-        except AdaptationError as error:
-            raise Invalid(str(error)) from error
+        with (
+            self._adaptation_slot(spec, steps, len(support)),
+            self.metrics.adaptation_seconds.labels(spec.task).time(),
+        ):
+            outcome = adapt_images(
+                spec,
+                record.dataset,
+                phi,
+                support=support,
+                labels=labels,
+                query=query,
+                steps=steps,
+                lr=lr,
+            )
         return self._save_adaptation(job_id, round_reached, steps, lr, outcome)
+
+    @contextmanager
+    def _adaptation_slot(self, spec: AnyJobSpec, steps: int, examples: int) -> Iterator[None]:
+        """Hold one of the `max_concurrent_adaptations` slots (each keeps a CPU busy) for an
+        adaptation that costs no more than one round may (the family's `max_work`)."""
+        if steps * examples > spec.max_work:
+            raise Invalid(
+                f"{steps} steps on {examples} support examples = {steps * examples:,} "
+                f"example-steps exceeds this service's limit of {spec.max_work:,}"
+            )
+        if not self._adaptation_slots.acquire(blocking=False):
+            raise Busy(
+                f"{self.settings.max_concurrent_adaptations} adaptations are running, the "
+                "limit of this service; retry in a moment",
+                ADAPTATION_RETRY_S,
+            )
+        try:
+            yield
+        finally:
+            self._adaptation_slots.release()
 
     def _save_adaptation(
         self, job_id: str, round_reached: int, steps: int, lr: float, outcome: Outcome

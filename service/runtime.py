@@ -22,7 +22,10 @@ def prepare_dataset(settings: Settings, spec: AnyJobSpec) -> str | None:
     """
     if isinstance(spec, SineJobSpec):
         return None
-    source = Path(spec.data).expanduser()
+    try:
+        source = Path(spec.data).expanduser()
+    except RuntimeError as error:  # "~user" for a user without a home
+        raise DatasetError(f"data {spec.data!r}: {error}") from error
     if not source.is_absolute():
         source = (settings.data_root or Path.cwd()) / source
     source = source.resolve()
@@ -30,10 +33,13 @@ def prepare_dataset(settings: Settings, spec: AnyJobSpec) -> str | None:
         raise DatasetError(f"data {spec.data!r} lies outside the data root {settings.data_root}")
     cache = settings.data_dir / "datasets"
     needed = max(spec.shots, max(spec.eval_shots) + spec.queries)
-    if spec.task == "omniglot":
-        prepared = prepare_omniglot(source, cache, min_images=needed)
-    else:
-        prepared = prepare_image_folder(source, cache, min_images=needed)
+    try:
+        if spec.task == "omniglot":
+            prepared = prepare_omniglot(source, cache, min_images=needed)
+        else:
+            prepared = prepare_image_folder(source, cache, min_images=needed)
+    except OSError as error:  # a name too long, a folder it may not read, …
+        raise DatasetError(f"data {spec.data!r} cannot be read: {error.strerror}") from error
     try:  # the splits must hold enough classes for N-way tasks: fail now, not in a worker
         make_family(spec.task, **spec.task_options(str(prepared)))
         for k in spec.eval_shots:

@@ -7,7 +7,7 @@ environment that configures the MLflow and Ray clients configures the service.
 from functools import cached_property
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -45,6 +45,20 @@ class Settings(BaseSettings):
     chunk_retries: int = Field(default=2, ge=0, description="Re-runs of a failed chunk")
     auto_resume: bool = Field(
         default=True, description="Resume interrupted jobs from their checkpoint at start-up"
+    )
+    max_body_bytes: int = Field(
+        default=16 * 2**20, ge=1024, description="Largest request body accepted (413 beyond)"
+    )
+    max_concurrent_adaptations: int = Field(
+        default=4, ge=1, description="Adaptations computed at once (429 beyond)"
+    )
+    max_pending_jobs: int = Field(
+        default=16, ge=1, description="Queued plus running jobs (429 for a submission beyond)"
+    )
+    api_token: SecretStr | None = Field(
+        default=None,
+        min_length=16,
+        description="Bearer token every endpoint but /healthz and /readyz requires; unset: none",
     )
 
     @field_validator("data_dir", "data_root")

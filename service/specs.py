@@ -5,7 +5,7 @@ image job's `data` is optional and validated; unknown fields are rejected, so a 
 falls back silently to a default.
 """
 
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
@@ -28,14 +28,16 @@ Optimizer = Literal["sgd", "adam"]
 class _JobSpecBase(BaseModel):
     """Fields every task family shares (defaults are the sine job's; families override)."""
 
-    model_config = ConfigDict(extra="forbid")
+    # strict: a value of the wrong JSON type (`true` or "5" for an integer) is an error, as the
+    # schema says, not coerced
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     name: str | None = Field(default=None, max_length=200, description="MLflow run name")
     seed: int = Field(default=0, ge=0, le=2**32 - 1, description="Seeds φ's init and all tasks")
     rounds: int = Field(default=3000, ge=1, le=1_000_000, description="Meta-updates")
-    meta_batch_size: int = Field(default=10, ge=1, le=4096, description="Tasks per round")
-    inner_steps: int = Field(default=5, ge=1, le=10_000, description="Inner steps per task (k)")
-    inner_batch_size: int = Field(default=10, ge=1, le=10_000, description="Examples per step")
+    meta_batch_size: int = Field(default=10, ge=1, le=1024, description="Tasks per round")
+    inner_steps: int = Field(default=5, ge=1, le=1000, description="Inner steps per task (k)")
+    inner_batch_size: int = Field(default=10, ge=1, le=1000, description="Examples per step")
     inner_lr: FiniteFloat = Field(default=0.02, gt=0, le=100, description="Inner step size")
     inner_optimizer: Optimizer = Field(default="sgd", description="Inner optimiser")
     outer_lr: FiniteFloat = Field(default=0.005, gt=0, le=100, description="ε at round 0")
@@ -45,13 +47,22 @@ class _JobSpecBase(BaseModel):
     )
     num_workers: int = Field(default=2, ge=1, le=256, description="Ray actors")
     eval_every: int = Field(default=250, ge=0, le=1_000_000, description="Rounds between evals")
-    eval_tasks: int = Field(default=32, ge=1, le=10_000, description="Held-out tasks per eval")
-    eval_steps: int = Field(default=32, ge=1, le=10_000, description="Eval adaptation steps")
+    eval_tasks: int = Field(default=32, ge=1, le=1000, description="Held-out tasks per eval")
+    eval_steps: int = Field(default=32, ge=1, le=1000, description="Eval adaptation steps")
     checkpoint_every: int = Field(default=250, ge=1, le=1_000_000, description="Rounds/ckpt")
+
+    # The most one round and one evaluation may cost, in examples × steps: a job never holds
+    # the machine for long between two stop checks (a cancel acts at the end of a round).
+    max_work: ClassVar[int] = 1_000_000
 
     @property
     def examples_per_task(self) -> int:
         """Labelled examples in one training task (what inner mini-batches are drawn from)."""
+        raise NotImplementedError
+
+    @property
+    def eval_examples(self) -> int:
+        """Support examples one held-out task adapts on, over all of its evaluations."""
         raise NotImplementedError
 
     @model_validator(mode="after")
@@ -60,6 +71,19 @@ class _JobSpecBase(BaseModel):
             raise ValueError(
                 f"inner_batch_size ({self.inner_batch_size}) cannot exceed the "
                 f"{self.examples_per_task} examples of a training task"
+            )
+        round_work = self.meta_batch_size * self.inner_steps * self.inner_batch_size
+        if round_work > self.max_work:
+            raise ValueError(
+                f"a round of meta_batch_size × inner_steps × inner_batch_size = {round_work:,} "
+                f"example-steps exceeds this service's limit of {self.max_work:,}"
+            )
+        eval_work = self.eval_tasks * self.eval_steps * self.eval_examples
+        if eval_work > self.max_work:
+            raise ValueError(
+                f"an evaluation of eval_tasks × eval_steps × {self.eval_examples} support "
+                f"examples = {eval_work:,} example-steps exceeds this service's limit of "
+                f"{self.max_work:,}"
             )
         if self.outer_lr_final > self.outer_lr:
             raise ValueError("outer_lr_final must not exceed outer_lr (ε only anneals down)")
@@ -96,12 +120,16 @@ class SineJobSpec(_JobSpecBase):
     """
 
     task: Literal["sine"] = Field(default="sine", description="Task family")
-    shots: int = Field(default=50, ge=1, le=10_000, description="Points per training task")
-    eval_shots: int = Field(default=10, ge=1, le=10_000, description="Shots per held-out task")
+    shots: int = Field(default=50, ge=1, le=1000, description="Points per training task")
+    eval_shots: int = Field(default=10, ge=1, le=1000, description="Shots per held-out task")
 
     @property
     def examples_per_task(self) -> int:
         return self.shots
+
+    @property
+    def eval_examples(self) -> int:
+        return self.eval_shots
 
     def task_options(self, dataset: str | None = None) -> dict[str, Any]:
         """Options of the task family (what an actor needs to rebuild tasks from seeds)."""
@@ -118,16 +146,17 @@ class _ImageJobSpec(_JobSpecBase):
     data: str = Field(
         min_length=1,
         max_length=4096,
+        pattern=r"^[^\x00]*$",  # no path holds a NUL character
         description="Data set path on the controller and worker machines (relative: to the "
         "service's data root)",
     )
-    ways: int = Field(default=5, ge=2, le=100, description="Classes per task (N)")
-    shots: int = Field(default=10, ge=1, le=1000, description="Images per class, training tasks")
-    eval_shots: list[int] = Field(
+    ways: int = Field(default=5, ge=2, le=50, description="Classes per task (N)")
+    shots: int = Field(default=10, ge=1, le=100, description="Images per class, training tasks")
+    eval_shots: list[Annotated[int, Field(ge=1, le=100)]] = Field(
         default=[1, 5], min_length=1, max_length=4, description="K of the held-out K-shot evals"
     )
-    queries: int = Field(default=5, ge=1, le=1000, description="Query images per class in evals")
-    held_out: list[str] | None = Field(
+    queries: int = Field(default=5, ge=1, le=100, description="Query images per class in evals")
+    held_out: list[Annotated[str, Field(min_length=1, max_length=200)]] | None = Field(
         default=None,
         max_length=1000,
         description="Groups held out for evaluation (default: the family's)",
@@ -137,17 +166,23 @@ class _ImageJobSpec(_JobSpecBase):
         description="Evaluate with batch norm over the whole query set (the paper); false: "
         "the support set plus one query at a time",
     )
-    inner_steps: int = Field(default=5, ge=1, le=10_000, description="Inner steps per task (k)")
+    inner_steps: int = Field(default=5, ge=1, le=1000, description="Inner steps per task (k)")
     inner_lr: FiniteFloat = Field(default=0.001, gt=0, le=100, description="Inner step size")
     inner_optimizer: Optimizer = Field(default="adam", description="Inner optimiser (β1 = 0)")
     outer_lr: FiniteFloat = Field(default=1.0, gt=0, le=100, description="ε at round 0")
     outer_optimizer: Optimizer = Field(default="sgd", description="Outer optimiser")
-    meta_batch_size: int = Field(default=5, ge=1, le=4096, description="Tasks per round")
-    eval_steps: int = Field(default=50, ge=1, le=10_000, description="Eval adaptation steps")
+    meta_batch_size: int = Field(default=5, ge=1, le=1024, description="Tasks per round")
+    eval_steps: int = Field(default=50, ge=1, le=1000, description="Eval adaptation steps")
+
+    max_work: ClassVar[int] = 200_000  # a Conv4 step costs ~1000× an MLP step per example
 
     @property
     def examples_per_task(self) -> int:
         return self.ways * self.shots
+
+    @property
+    def eval_examples(self) -> int:
+        return self.ways * sum(self.eval_shots)
 
     def task_options(self, dataset: str | None = None) -> dict[str, Any]:
         """Family options; `dataset` is the prepared file made from `data` at submission."""
@@ -171,7 +206,7 @@ class OmniglotJobSpec(_ImageJobSpec):
     # 1000 rounds × 5 tasks: ~14 min on 2 CPU cores with both evaluations (README: numbers).
     rounds: int = Field(default=1000, ge=1, le=1_000_000, description="Meta-updates")
     eval_every: int = Field(default=1000, ge=0, le=1_000_000, description="Rounds between evals")
-    eval_tasks: int = Field(default=50, ge=1, le=10_000, description="Held-out tasks per eval")
+    eval_tasks: int = Field(default=50, ge=1, le=1000, description="Held-out tasks per eval")
     checkpoint_every: int = Field(default=250, ge=1, le=1_000_000, description="Rounds/ckpt")
 
 
@@ -179,7 +214,7 @@ class ImageFolderJobSpec(_ImageJobSpec):
     """A class-per-folder image set with train/ and test/ splits (Mini-ImageNet layout, 84×84)."""
 
     task: Literal["image_folder"] = Field(description="Task family")
-    shots: int = Field(default=5, ge=1, le=1000, description="Images per class, training tasks")
+    shots: int = Field(default=5, ge=1, le=100, description="Images per class, training tasks")
     rounds: int = Field(default=2000, ge=1, le=1_000_000, description="Meta-updates")
     eval_every: int = Field(default=1000, ge=0, le=1_000_000, description="Rounds between evals")
 

@@ -14,9 +14,12 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from starlette.datastructures import UploadFile
 
+from api import errors
 from api.deps import ControllerDep
 from api.routes.weights import WEIGHTS_RESPONSES, WeightsFormat, weights_response
 from api.schemas import (
+    MAX_ADAPTATION_STEPS,
+    MAX_LR,
     MAX_QUERY_IMAGES,
     MAX_SUPPORT_IMAGES,
     AdaptationPublic,
@@ -25,7 +28,7 @@ from api.schemas import (
 )
 from service.specs import SineJobSpec
 
-router = APIRouter(tags=["adaptations"])
+router = APIRouter(tags=["adaptations"], responses=errors.RESPONSES)
 
 _BODY_SCHEMA = TypeAdapter(SineAdaptationCreate | ImageAdaptationCreate).json_schema(
     ref_template="#/components/schemas/{model}"
@@ -37,11 +40,19 @@ _FORM_SCHEMA = {
     "type": "object",
     "required": ["support", "labels"],
     "properties": {
-        "support": {"type": "array", "items": {"type": "string", "format": "binary"}},
-        "labels": {"type": "array", "items": {"type": "string"}},
-        "query": {"type": "array", "items": {"type": "string", "format": "binary"}},
-        "steps": {"type": "integer", "minimum": 0},
-        "lr": {"type": "number", "exclusiveMinimum": 0},
+        "support": {
+            "type": "array",
+            "items": {"type": "string", "format": "binary"},
+            "maxItems": MAX_SUPPORT_IMAGES,
+        },
+        "labels": {"type": "array", "items": {"type": "string"}, "maxItems": MAX_SUPPORT_IMAGES},
+        "query": {
+            "type": "array",
+            "items": {"type": "string", "format": "binary"},
+            "maxItems": MAX_QUERY_IMAGES,
+        },
+        "steps": {"type": "integer", "minimum": 0, "maximum": MAX_ADAPTATION_STEPS},
+        "lr": {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_LR},
     },
 }
 _OPENAPI = {
@@ -55,9 +66,10 @@ _OPENAPI = {
 }
 
 
-def _validated(model: type[BaseModel], data: Any) -> Any:
+def _validated(model: type[BaseModel], data: Any, strict: bool) -> Any:
+    """`data` as `model`; strict for JSON (no `true` or "5" for a number), not for form text."""
     try:
-        return model.model_validate(data)
+        return model.model_validate(data, strict=strict)
     except ValidationError as error:
         raise RequestValidationError(
             [{**e, "loc": ("body", *e["loc"])} for e in error.errors()]
@@ -95,7 +107,8 @@ async def create_adaptation(
 ) -> AdaptationPublic:
     """Adapt the job's current φ (the latest round's while it runs) to the support set."""
     spec = controller.get(job_id).spec  # 404 first
-    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+    form = request.headers.get("content-type", "").startswith("multipart/form-data")
+    if form:
         data: Any = await _form_body(request)
     else:
         try:
@@ -105,7 +118,7 @@ async def create_adaptation(
                 [{"type": "json_invalid", "loc": ("body",), "msg": f"invalid JSON: {error}"}]
             ) from None
     if isinstance(spec, SineJobSpec):
-        points = _validated(SineAdaptationCreate, data)
+        points = _validated(SineAdaptationCreate, data, strict=not form)
         record = await run_in_threadpool(
             lambda: controller.adapt_points(
                 job_id,
@@ -117,7 +130,7 @@ async def create_adaptation(
             )
         )
     else:
-        images = _validated(ImageAdaptationCreate, data)
+        images = _validated(ImageAdaptationCreate, data, strict=not form)
         record = await run_in_threadpool(
             lambda: controller.adapt_images(
                 job_id,

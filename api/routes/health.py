@@ -1,4 +1,7 @@
-"""Liveness and readiness."""
+"""Liveness and readiness: open to probes even when the API needs a token, so they tell no
+secrets."""
+
+from urllib.parse import urlsplit, urlunsplit
 
 from fastapi import APIRouter
 
@@ -18,5 +21,14 @@ def readyz(controller: ControllerDep) -> dict[str, object]:
     return {
         "status": "ready",
         "ray_cpus": total_cpus(),
-        "tracking_uri": controller.settings.tracking_uri,
+        "tracking_uri": _without_password(controller.settings.tracking_uri),
     }
+
+
+def _without_password(uri: str) -> str:
+    """`uri` with the password of its user info, if any, replaced by ***."""
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))

@@ -7,11 +7,12 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Response, status
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
+from api import errors
 from api.deps import ControllerDep
 from api.routes.weights import WEIGHTS_RESPONSES, WeightsFormat, weights_response
 from api.schemas import JobCreate, JobPublic, JobsPublic
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=errors.RESPONSES)
 
 EVENT_POLL_S = 0.25
 

@@ -64,11 +64,24 @@ def _character(server: Server, alphabet: int, character: int, drawing: int) -> b
 
 
 def test_bad_data_is_a_clear_4xx_at_submission(server: Server) -> None:
-    (server.data_dir.parent / "data" / "empty").mkdir(exist_ok=True)
+    data_root = server.data_dir.parent / "data"
+    (data_root / "empty").mkdir(exist_ok=True)
+    escape = data_root / "escape"
+    if not escape.is_symlink():  # a link inside the root to a tree outside it
+        escape.symlink_to(data_root.parent / "outside", target_is_directory=True)
+    learnable_omniglot_tree(data_root.parent / "outside")
     cases = [
         ({"task": "omniglot", "data": "missing"}, "does not exist"),
         ({"task": "omniglot", "data": "empty"}, "no Omniglot images"),
         ({"task": "omniglot", "data": "/etc"}, "outside the data root"),
+        ({"task": "omniglot", "data": "../outside"}, "outside the data root"),
+        ({"task": "omniglot", "data": "omniglot/../../outside"}, "outside the data root"),
+        ({"task": "omniglot", "data": str(data_root / ".." / "outside")}, "outside the data root"),
+        ({"task": "omniglot", "data": "escape"}, "outside the data root"),
+        ({"task": "omniglot", "data": "~"}, "outside the data root"),
+        ({"task": "omniglot", "data": "~no-such-user"}, "Could not determine home directory"),
+        ({"task": "omniglot", "data": "0" * 300}, "cannot be read: File name too long"),
+        ({"task": "omniglot", "data": "a\x00b"}, "String should match pattern"),
         ({"task": "omniglot", "data": "omniglot"}, "has 6 images in"),  # 10 shots by default
         ({**TINY, "data": "omniglot", "held_out": None}, "held_out names groups"),  # defaults
         ({**TINY, "data": "omniglot", "ways": 10}, "10-way tasks need 10 classes"),
