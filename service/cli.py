@@ -6,6 +6,7 @@ run, so the client commands (`jobs …`, `adapt`) start in a fraction of a secon
 
 import json
 import logging
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -76,14 +77,26 @@ def serve(
             mlflow_ui.wait(timeout=30)
 
 
+class _YamlLoader(yaml.SafeLoader):
+    """YAML with 1.2's numbers: `1e-3` is a float (PyYAML follows 1.1, where it is a string,
+    which the strict job spec would refuse)."""
+
+
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
 def read_job_file(source: str) -> dict[str, Any]:
     """The fields of a YAML or JSON job file (`-`: standard input, JSON being YAML too)."""
     if source == "-":
-        data = yaml.safe_load(sys.stdin)
+        data = yaml.load(sys.stdin, Loader=_YamlLoader)
     else:
         path = Path(source)
         text = path.read_text()
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        data = json.loads(text) if path.suffix == ".json" else yaml.load(text, Loader=_YamlLoader)
     if not isinstance(data, dict | None):
         raise ValueError(f"a job file holds a mapping of job fields, not {type(data).__name__}")
     return data or {}

@@ -1,8 +1,11 @@
 """Job specs: defaults, validation, one vocabulary with the algorithm's configs."""
 
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
+from service.cli import read_job_file
 from service.specs import OmniglotJobSpec, SineJobSpec, parse_spec
 
 
@@ -48,3 +51,10 @@ def test_bad_fields_are_rejected_with_a_message(body: dict[str, object], message
     with pytest.raises(ValidationError) as error:
         parse_spec(body)
     assert message in str(error.value)
+
+
+def test_a_yaml_job_file_reads_exponent_floats_as_numbers(tmp_path: Path) -> None:
+    job = tmp_path / "job.yaml"
+    job.write_text("rounds: 10\ninner_lr: 1e-3\nouter_lr: 5.0E-1\n")
+    spec = parse_spec(read_job_file(str(job)))
+    assert (spec.inner_lr, spec.outer_lr, spec.rounds) == (0.001, 0.5, 10)
