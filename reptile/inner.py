@@ -182,7 +182,8 @@ def adapt_tasks(
     broadcast over the task dimension (a view, not copies). `params` are not modified.
     """
     count = len(batches)
-    rows = torch.arange(count).unsqueeze(1)  # (tasks, 1): each task's mini-batch from its points
+    # (tasks, 1): each task's mini-batch from its points
+    rows = torch.arange(count, device=batches.device).unsqueeze(1)
     return descend(
         vmap(batch_loss(model, loss_fn)),
         {name: t.detach().expand(count, *t.shape) for name, t in params.items()},
@@ -208,23 +209,26 @@ def run_tasks(
     phi: Params,
     seeds: list[int],
     inner: InnerConfig,
+    device: torch.device | str = "cpu",
 ) -> ChunkResult:
-    """Adapt φ to all tasks of `seeds`; returns Σ_i (W_i − φ) and per-task losses.
+    """Adapt φ to all tasks of `seeds`; returns Σ_i (W_i − φ) and per-task losses, on `device`.
 
-    The tasks are rebuilt from their seeds and stacked in seed order, so the losses come back in
-    seed order and the same chunk always sums its deltas the same way. Families whose model
-    vectorises well (`family.vmap_tasks`) run one `vmap`ped inner loop over all tasks
-    (`adapt_tasks`); the others run `descend` task after task on the same stacked data.
+    The tasks are rebuilt from their seeds (on the CPU) and stacked in seed order, so the losses
+    come back in seed order and the same chunk always sums its deltas the same way; tasks and φ
+    then move to `device`, where everything else runs. Families whose model vectorises well
+    (`family.vmap_tasks`) run one `vmap`ped inner loop over all tasks (`adapt_tasks`); the others
+    run `descend` task after task on the same stacked data. `model` must already be on `device`.
     """
     tasks = [family.sample_task(seed) for seed in seeds]
-    inputs = torch.stack([task.inputs for task in tasks])  # (tasks, n, *input_shape)
-    targets = torch.stack([task.targets for task in tasks])  # (tasks, n, *target_shape)
+    inputs = torch.stack([task.inputs for task in tasks]).to(device)  # (tasks, n, *input_shape)
+    targets = torch.stack([task.targets for task in tasks]).to(device)  # (tasks, n, *target)
     batches = torch.stack(
         [
             minibatch_indices(len(task.inputs), inner.steps, inner.batch_size, seed)
             for task, seed in zip(tasks, seeds, strict=True)
         ]
-    )  # (tasks, steps, batch)
+    ).to(device)  # (tasks, steps, batch)
+    phi = {name: t.to(device) for name, t in phi.items()}
     loss = batch_loss(model, family.loss)
     with torch.no_grad():
         if family.vmap_tasks:

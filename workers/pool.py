@@ -17,7 +17,7 @@ from ray.exceptions import GetTimeoutError, RayError
 from reptile.inner import InnerConfig
 from reptile.params import Params, from_numpy, to_numpy, total
 from workers.actor import ChunkOutput, InnerLoopWorker
-from workers.cluster import total_cpus
+from workers.cluster import shortfall
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,8 @@ def split(seeds: list[int], parts: int) -> list[list[int]]:
 
 
 class WorkerPool:
-    """`num_workers` stateless actors for one job's task family."""
+    """`num_workers` stateless actors for one job's task family, each on `num_cpus` CPUs and,
+    when `num_gpus` > 0, that much of a GPU (the inner loops then run on it)."""
 
     def __init__(
         self,
@@ -60,15 +61,13 @@ class WorkerPool:
         round_timeout_s: float = 300.0,
         chunk_retries: int = 2,
         num_cpus: float = 1.0,
+        num_gpus: float = 0.0,
     ) -> None:
-        available = total_cpus()
-        if num_workers * num_cpus > available:
-            raise PoolError(
-                f"{num_workers} workers need {num_workers * num_cpus:g} CPUs; "
-                f"the Ray cluster has {available:g}"
-            )
-        self._remote = ray.remote(InnerLoopWorker).options(num_cpus=num_cpus)
-        self._init_args = (task, task_options)
+        if problem := shortfall(num_workers, num_cpus, num_gpus):
+            raise PoolError(problem)
+        # Ray sets each GPU actor's CUDA_VISIBLE_DEVICES, so "cuda" is the GPU it was given.
+        self._remote = ray.remote(InnerLoopWorker).options(num_cpus=num_cpus, num_gpus=num_gpus)
+        self._init_args = (task, task_options, "cuda" if num_gpus else "cpu")
         self._round_timeout_s = round_timeout_s
         self._chunk_retries = chunk_retries
         self.actors = [self._new_actor() for _ in range(num_workers)]

@@ -3,7 +3,7 @@
 from fastapi import APIRouter
 
 from api.deps import ControllerDep
-from workers.cluster import total_cpus
+from workers.cluster import total_resource
 
 router = APIRouter(tags=["health"])
 
@@ -17,6 +17,7 @@ def healthz() -> dict[str, str]:
 def readyz(controller: ControllerDep) -> dict[str, object]:
     return {
         "status": "ready",
-        "ray_cpus": total_cpus(),
+        "ray_cpus": total_resource("CPU"),
+        "ray_gpus": total_resource("GPU"),
         "tracking_uri": controller.settings.tracking_uri,
     }
