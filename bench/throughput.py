@@ -1,20 +1,27 @@
 """Throughput: the serial loop, the vectorised inner loop and the Ray service, side by side.
 
-For each workload (sine: meta-batch 32, 5 inner steps), in one run on the same machine, with the
-same seeds and the same number of tasks:
+For each workload (sine: meta-batch 32, 5 inner SGD steps of 10 points; Omniglot 5-way 5-shot:
+meta-batch 32, 5 inner Adam steps of 10 images, the Omniglot job defaults, on the shared zips
+when they are there), in one run on the same machine, with the same seeds and the same number of
+tasks:
 
 1. serial: `reptile.serial.train_serial`, one task at a time (nn.Module + torch.optim);
-2. vectorised: `reptile.inner.run_tasks` on all tasks of a round at once, in this process;
+2. vectorised: `reptile.inner.run_tasks` on all tasks of a round at once, in this process, as
+   the actors run it (mode `vmap`: one vmapped loop over the tasks, or `loop`: task by task,
+   whichever the family uses), and again in the other mode for comparison;
 3. service: `service.trainer.MetaTrainer` driving a `workers.pool.WorkerPool` on a local Ray and
    logging to MLflow through `service.tracking.Tracker` (wired by `service.runtime`), with 1 and
    2 actors.
 
 It prints tasks/s; milliseconds per round split into compute (the inner loops; for the service,
 the slowest chunk), overhead (the rest of the round: Ray dispatch and gather, the meta-update)
-and logging (between rounds: metrics to the tracker, bookkeeping); peak RSS per actor; and each
-path's ratio to serial. Then tasks/s and the overhead against the meta-batch size (1, 2, 4 …
-256; --quick: a subset) and the number of actors, drawn to a PNG and logged as a run of the
-MLflow experiment "reptile-bench". In-process paths use one thread, like an actor.
+and logging (between rounds: metrics to the tracker, bookkeeping); peak RSS per actor; each
+path's ratio to serial; and its GFLOP/s against the roofline: the FLOPs of one task on that
+path (matmuls and convolutions, forward and backward, counted by `FlopCounterMode`) times
+tasks/s, over float32 `torch.mm` GFLOP/s on one thread per core used. Then tasks/s and the
+overhead against the meta-batch size (sine: 1, 2, 4 … 256; --quick: a subset) and the number of
+actors, drawn to a PNG and logged as a run of the MLflow experiment "reptile-bench". In-process
+paths use one thread, like an actor.
 
     python bench/throughput.py [--quick] [--json] [--data-dir DIR] [--tracking-uri URI]
 """
@@ -35,6 +42,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
 from mlflow.entities import Metric, Param  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from reptile.inner import run_tasks  # noqa: E402
 from reptile.meta import MetaOptimizer, epsilon  # noqa: E402
@@ -43,18 +51,12 @@ from reptile.serial import train_serial  # noqa: E402
 from reptile.tasks import TaskFamily, make_family, task_seeds  # noqa: E402
 from service.runtime import make_pool, make_tracker, prepare_dataset  # noqa: E402
 from service.settings import Settings  # noqa: E402
-from service.specs import AnyJobSpec, SineJobSpec  # noqa: E402
+from service.specs import AnyJobSpec, OmniglotJobSpec, SineJobSpec  # noqa: E402
 from service.trainer import MetaTrainer, Progress  # noqa: E402
 from workers.cluster import connect, disconnect  # noqa: E402
 from workers.pool import WorkerPool  # noqa: E402
 
-# One job spec per workload, at the meta-batch size of the side-by-side table. Held-out
-# evaluation (at the first and last round only) is kept small: it is not what is measured.
-WORKLOADS = {
-    "sine": SineJobSpec(
-        name="bench-sine", meta_batch_size=32, inner_steps=5, eval_every=0, eval_tasks=1
-    )
-}
+SHARED_OMNIGLOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "omniglot"
 HEADLINE = "sine"  # the workload whose numbers head the --json line
 ACTORS = (1, 2)
 OVERHEAD_BAR = 0.10
@@ -76,8 +78,42 @@ class Effort:
         return min(self.max_rounds, max(self.min_rounds, self.tasks // meta_batch_size))
 
 
-QUICK = Effort((1, 4, 16, 32, 64, 256), tasks=1024, min_rounds=4, max_rounds=48)
-FULL = Effort(tuple(2**i for i in range(9)), tasks=8192, min_rounds=10, max_rounds=400)
+@dataclass(frozen=True)
+class Workload:
+    """A job spec at the meta-batch size of the side-by-side table, and how long to measure it.
+
+    Held-out evaluation (at the first and last round only) is kept small: it is not measured.
+    """
+
+    spec: AnyJobSpec
+    quick: Effort
+    full: Effort
+
+
+WORKLOADS = {
+    "sine": Workload(
+        SineJobSpec(
+            name="bench-sine", meta_batch_size=32, inner_steps=5, eval_every=0, eval_tasks=1
+        ),
+        quick=Effort((1, 4, 16, 32, 64, 256), tasks=1024, min_rounds=4, max_rounds=48),
+        full=Effort(tuple(2**i for i in range(9)), tasks=8192, min_rounds=10, max_rounds=400),
+    ),
+    # A round of 32 Conv4 tasks takes seconds on one core: one meta-batch size, few rounds.
+    "omniglot": Workload(
+        OmniglotJobSpec(
+            task="omniglot",
+            name="bench-omniglot",
+            data=str(SHARED_OMNIGLOT),
+            shots=5,
+            meta_batch_size=32,
+            eval_every=0,
+            eval_tasks=1,
+            eval_shots=[5],
+        ),
+        quick=Effort((32,), tasks=32, min_rounds=1, max_rounds=1),
+        full=Effort((32,), tasks=320, min_rounds=10, max_rounds=10),
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -93,6 +129,7 @@ class Measurement:
     overhead: float  # the rest of the rounds: Ray dispatch and gather, the meta-update
     logging: float  # between rounds: metrics to the tracker, bookkeeping
     peak_rss_bytes: list[int] = field(default_factory=list)  # per actor, so far
+    mode: str = "-"  # how `run_tasks` ran a chunk: "vmap" or "loop" (serial: "-")
 
     @property
     def tasks_per_s(self) -> float:
@@ -111,7 +148,13 @@ class WorkloadResult:
     name: str
     spec: AnyJobSpec
     serial: Measurement
+    other_mode: Measurement  # vectorised in the mode the family does not use, table size only
     scaling: list[Measurement]  # vectorised and service, every meta-batch size and actor count
+    flops: dict[str, float]  # per task: "serial" (the inner loop), "vectorised" (+ scoring)
+
+    def gflops(self, m: Measurement) -> float:
+        """The path's arithmetic rate: its FLOPs per task times tasks/s (service: as vectorised)."""
+        return self.flops["serial" if m.path == "serial" else "vectorised"] * m.tasks_per_s / 1e9
 
     def at(self, path: str, actors: int, meta_batch_size: int) -> Measurement:
         return next(
@@ -127,7 +170,7 @@ class WorkloadResult:
     def side_by_side(self) -> list[Measurement]:
         """The table's rows: every path at the spec's meta-batch size."""
         size = self.spec.meta_batch_size
-        rows = [self.serial, self.at("vectorised", 0, size)]
+        rows = [self.serial, self.at("vectorised", 0, size), self.other_mode]
         return rows + [self.at("service", n, size) for n in ACTORS]
 
     def overhead_below_bar_from(self, actors: int) -> int | None:
@@ -161,13 +204,44 @@ def measure_serial(family: TaskFamily, spec: AnyJobSpec) -> Measurement:
     return Measurement("serial", 0, spec.meta_batch_size, spec.rounds, seconds, seconds, 0.0, 0.0)
 
 
+def mode(family: TaskFamily) -> str:
+    return "vmap" if family.vmap_tasks else "loop"
+
+
+def matmul_gflops(threads: int, size: int = 2048, repeats: int = 5) -> float:
+    """The roofline: float32 `torch.mm` GFLOP/s on `threads` threads (best of `repeats`)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - started)
+    torch.set_num_threads(previous)
+    return 2 * size**3 / best / 1e9
+
+
+def flops_per_task(family: TaskFamily, spec: AnyJobSpec) -> dict[str, float]:
+    """FLOPs of one task on the serial path (its inner loop) and in `run_tasks` (the inner loop,
+    then the losses of φ and W_i on the task's points), counted by running each once."""
+    with FlopCounterMode(display=False) as serial:
+        train_serial(family, sized(spec, 1, 1).meta_config(), spec.seed)
+    model = family.make_model()
+    phi = init_params(model, spec.seed)
+    with FlopCounterMode(display=False) as vectorised:
+        run_tasks(family, model, phi, task_seeds(spec.seed, 0, 1), spec.inner_config())
+    return {"serial": serial.get_total_flops(), "vectorised": vectorised.get_total_flops()}
+
+
 def measure_vectorised(family: TaskFamily, spec: AnyJobSpec) -> Measurement:
     """The same rounds with every round's tasks adapted at once by `run_tasks`, in-process."""
     model = family.make_model()
     config = spec.meta_config()
     meta = MetaOptimizer(init_params(model, spec.seed), config.outer_optimizer)
-    warm_up = task_seeds(spec.seed, 0, spec.meta_batch_size)
-    run_tasks(family, model, meta.phi, warm_up, config.inner)
+    # First-call costs only: one task (a whole Omniglot round would take seconds)
+    run_tasks(family, model, meta.phi, task_seeds(spec.seed, 0, 1), config.inner)
     compute = 0.0
     started = time.perf_counter()
     for round_index in range(config.rounds):
@@ -178,12 +252,20 @@ def measure_vectorised(family: TaskFamily, spec: AnyJobSpec) -> Measurement:
         meta.step(scale(result.delta_sum, 1 / result.count), epsilon(round_index, config))
     seconds = time.perf_counter() - started
     return Measurement(
-        "vectorised", 0, spec.meta_batch_size, spec.rounds, seconds, compute, seconds - compute, 0.0
+        "vectorised",
+        0,
+        spec.meta_batch_size,
+        spec.rounds,
+        seconds,
+        compute,
+        seconds - compute,
+        0.0,
+        mode=mode(family),
     )
 
 
 def measure_service(
-    settings: Settings, pool: WorkerPool, spec: AnyJobSpec, dataset: str | None
+    settings: Settings, pool: WorkerPool, spec: AnyJobSpec, dataset: str | None, chunk_mode: str
 ) -> Measurement:
     """A whole job through `MetaTrainer`, timed between its progress reports.
 
@@ -224,17 +306,22 @@ def measure_service(
         round_seconds - compute,
         seconds - round_seconds,
         pool.peak_rss_bytes(),
+        chunk_mode,
     )
 
 
 def run_workload(name: str, spec: AnyJobSpec, settings: Settings, effort: Effort) -> WorkloadResult:
-    """Serial at the spec's meta-batch size; vectorised and service at every size.
+    """Serial and the other mode at the spec's meta-batch size; vectorised and service at every
+    size.
 
     The paths of one meta-batch size run back to back, the table's size first, so that a
     neighbour's load on a shared machine weighs on the paths compared alike.
     """
     dataset = prepare_dataset(settings, spec)
     family = make_family(spec.task, **spec.task_options(dataset))
+    switched = make_family(
+        spec.task, **spec.task_options(dataset), vmap_tasks=not family.vmap_tasks
+    )
     pools = {n: make_pool(settings, sized(spec, 1, 1, num_workers=n), dataset) for n in ACTORS}
     try:
         phi = init_params(family.make_model(), spec.seed)
@@ -250,6 +337,7 @@ def run_workload(name: str, spec: AnyJobSpec, settings: Settings, effort: Effort
                     pools[n],
                     sized(spec, size, rounds + 1, num_workers=n, name=f"{spec.name}-{n}x-mb{size}"),
                     dataset,
+                    mode(family),
                 )
                 for n in ACTORS
             ]
@@ -258,32 +346,40 @@ def run_workload(name: str, spec: AnyJobSpec, settings: Settings, effort: Effort
         size = spec.meta_batch_size
         serial = measure_serial(family, sized(spec, size, effort.rounds(size)))
         scaling = measure(size)
-        for other in effort.meta_batch_sizes:
-            if other != size:
-                scaling += measure(other)
+        other_mode = measure_vectorised(switched, sized(spec, size, effort.rounds(size)))
+        for extra in effort.meta_batch_sizes:
+            if extra != size:
+                scaling += measure(extra)
     finally:
         for pool in pools.values():
             pool.shutdown()
-    return WorkloadResult(name, spec, serial, scaling)
+    return WorkloadResult(name, spec, serial, other_mode, scaling, flops_per_task(family, spec))
 
 
-def print_tables(result: WorkloadResult) -> None:
+def print_tables(result: WorkloadResult, roofline: float) -> None:
+    """The side-by-side table (`roofline`: one thread's matmul GFLOP/s), then the scaling."""
     spec, serial = result.spec, result.serial
     tasks = serial.rounds * serial.meta_batch_size
     print(
-        f"\n{result.name}: meta-batch {spec.meta_batch_size}, {spec.inner_steps} inner steps, "
-        f"{tasks} tasks timed per path, same seeds"
+        f"\n{result.name}: meta-batch {spec.meta_batch_size}, {spec.inner_steps} inner "
+        f"{spec.inner_optimizer} steps of {spec.inner_batch_size}, {tasks} tasks timed per path, "
+        f"same seeds; FLOPs per task: {result.flops['serial'] / 1e6:,.1f} M inner loop "
+        f"(forward + backward), {result.flops['vectorised'] / 1e6:,.1f} M with the scoring of φ "
+        "and W_i; roof: one thread's matmul rate per core used"
     )
-    header = ("path", "actors", "tasks/s", "×serial", "ms/round", "compute", "overhead", "logging")
-    print(f"{header[0]:<12}{header[1]:>7}" + "".join(f"{h:>10}" for h in header[2:]), end="")
-    print(f"{'peak RSS/actor':>18}")
+    header = ("path", "actors", "mode", "tasks/s", "×serial", "ms/round", "compute", "overhead")
+    header += ("logging", "GFLOP/s", "% roof")
+    print(f"{header[0]:<12}{header[1]:>7}{header[2]:>6}", end="")
+    print("".join(f"{h:>10}" for h in header[3:]) + f"{'peak RSS/actor':>18}")
     for m in result.side_by_side():
         rss = " ".join(f"{b / MIB:.0f}" for b in m.peak_rss_bytes) + " MiB" if m.actors else "-"
+        gflops = result.gflops(m)
         print(
-            f"{m.path:<12}{m.actors or '-':>7}{m.tasks_per_s:>10.0f}"
+            f"{m.path:<12}{m.actors or '-':>7}{m.mode:>6}{m.tasks_per_s:>10.1f}"
             f"{m.tasks_per_s / serial.tasks_per_s:>10.2f}{m.per_round_ms(m.seconds):>10.2f}"
             f"{m.per_round_ms(m.compute):>10.2f}{m.per_round_ms(m.overhead):>10.2f}"
-            f"{m.per_round_ms(m.logging):>10.2f}{rss:>18}"
+            f"{m.per_round_ms(m.logging):>10.2f}{gflops:>10.1f}"
+            f"{100 * gflops / (roofline * max(1, m.actors)):>10.1f}{rss:>18}"
         )
     print(
         f"\n{result.name}: tasks/s (× serial) and the service's overhead (% of wall time) "
@@ -337,14 +433,17 @@ def scaling_png(result: WorkloadResult) -> bytes:
 
 def summary(result: WorkloadResult) -> dict[str, object]:
     """The numbers the issue tracks, plus the whole scaling curve."""
-    serial, vectorised, *services = result.side_by_side()
+    serial, vectorised, other_mode, *services = result.side_by_side()
     by_actors = dict(zip(ACTORS, services, strict=True))
     return {
         "serial_tasks_per_s": serial.tasks_per_s,
         "vectorised_tasks_per_s": vectorised.tasks_per_s,
+        f"vectorised_{other_mode.mode}_tasks_per_s": other_mode.tasks_per_s,
         "service_tasks_per_s": by_actors[2].tasks_per_s,
         "ray_overhead_fraction": by_actors[2].overhead_fraction,
         "service_1_actor_tasks_per_s": by_actors[1].tasks_per_s,
+        "gflops": result.gflops(vectorised),  # in this process, on one thread
+        "flops_per_task": result.flops,
         "overhead_below_10pct_from": {n: result.overhead_below_bar_from(n) for n in ACTORS},
         "scaling": [
             asdict(m) | {"tasks_per_s": m.tasks_per_s, "overhead_fraction": m.overhead_fraction}
@@ -419,23 +518,36 @@ def main() -> None:
     # the neighbours' load, not the service. Same priority as the in-process paths unless the
     # environment says otherwise (RAY_worker_niceness=15 measures Ray's default).
     niceness = os.environ.setdefault(WORKER_NICENESS, "0")
+    cores = os.cpu_count() or 1
+    roofline, machine_roofline = matmul_gflops(1), matmul_gflops(cores)
+    workloads = {}
+    for name, workload in WORKLOADS.items():
+        data = getattr(workload.spec, "data", None)
+        if data is not None and not Path(data).exists():
+            print(f"{name} rows skipped: no data at {data}")
+            continue
+        workloads[name] = workload
     connect(None, num_cpus=4)  # as in the integration tests: room for the actors on 2 cores
     try:
-        effort = QUICK if args.quick else FULL
-        results = [run_workload(name, spec, settings, effort) for name, spec in WORKLOADS.items()]
+        results = [
+            run_workload(name, w.spec, settings, w.quick if args.quick else w.full)
+            for name, w in workloads.items()
+        ]
     finally:
         disconnect()
 
     machine = {
-        "cores": str(os.cpu_count()),
+        "cores": str(cores),
         "torch": torch.__version__,
         "ray_worker_niceness": niceness,
         "effort": "quick" if args.quick else "full",
+        "roofline_gflops": f"{roofline:.1f}",  # float32 matmul, one thread (what an actor has)
+        f"roofline_gflops_{cores}_threads": f"{machine_roofline:.1f}",
     }
     print(", ".join(f"{key} {value}" for key, value in machine.items()))
     pngs = []
     for result in results:
-        print_tables(result)
+        print_tables(result, roofline)
         png = settings.data_dir / f"throughput-{result.name}.png"
         png.write_bytes(scaling_png(result))
         pngs.append(png)
@@ -444,8 +556,11 @@ def main() -> None:
     print(f"MLflow: {settings.tracking_uri}, experiment {BENCH_EXPERIMENT!r}, run {run_id}")
     if args.json:
         summaries = {result.name: summary(result) for result in results}
-        headline = {k: v for k, v in summaries[HEADLINE].items() if k != "scaling"}
-        print(json.dumps(headline | {"workloads": summaries, "mlflow_run_id": run_id}))
+        line: dict[str, object] = {"roofline_gflops": roofline}
+        for name, numbers in summaries.items():
+            prefix = "" if name == HEADLINE else f"{name}_"
+            line |= {prefix + k: v for k, v in numbers.items() if k != "scaling"}
+        print(json.dumps(line | {"workloads": summaries, "mlflow_run_id": run_id}))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,12 @@ forward and backward pass, whatever the model. Both run the same loop (`descend`
 gradient (autograd on the summed loss: tasks are independent, so each gets its own gradient) and
 one update rule (`inner_update`). Optimiser state (Adam's moments) starts from zero for every
 task and never carries over.
+
+`run_tasks`, what a worker runs, uses `adapt_tasks` for the families that ask for it
+(`vmap_tasks`: the sine MLP, where per-task Python overhead is most of the time) and `descend`
+task after task for the others (Conv4: `vmap`'s batching rules for convolution, batch norm and
+max-pooling over a task dimension copy the stacked activations and ran 2× slower than a loop
+over tasks on CPU, bench/throughput.py).
 """
 
 import math
@@ -176,7 +182,8 @@ def adapt_tasks(
     broadcast over the task dimension (a view, not copies). `params` are not modified.
     """
     count = len(batches)
-    rows = torch.arange(count).unsqueeze(1)  # (tasks, 1): each task's mini-batch from its points
+    # (tasks, 1): each task's mini-batch from its points
+    rows = torch.arange(count, device=batches.device).unsqueeze(1)
     return descend(
         vmap(batch_loss(model, loss_fn)),
         {name: t.detach().expand(count, *t.shape) for name, t in params.items()},
@@ -197,38 +204,63 @@ class ChunkResult:
 
 
 def run_tasks(
-    family: TaskFamily, model: nn.Module, phi: Params, seeds: list[int], inner: InnerConfig
+    family: TaskFamily,
+    model: nn.Module,
+    phi: Params,
+    seeds: list[int],
+    inner: InnerConfig,
+    device: torch.device | str = "cpu",
 ) -> ChunkResult:
-    """Adapt φ to all tasks of `seeds` at once; returns Σ_i (W_i − φ) and per-task losses.
+    """Adapt φ to all tasks of `seeds`; returns Σ_i (W_i − φ) and per-task losses, on `device`.
 
-    The tasks are rebuilt from their seeds and stacked in seed order, so the losses come back in
-    seed order and the same chunk always sums its deltas the same way. One vectorised inner loop
-    (`adapt_tasks`) gives every W_i; the losses of φ and of W_i are scored in one call each.
+    The tasks are rebuilt from their seeds (on the CPU) and stacked in seed order, so the losses
+    come back in seed order and the same chunk always sums its deltas the same way; tasks and φ
+    then move to `device`, where everything else runs. Families whose model vectorises well
+    (`family.vmap_tasks`) run one `vmap`ped inner loop over all tasks (`adapt_tasks`); the others
+    run `descend` task after task on the same stacked data. `model` must already be on `device`.
     """
     tasks = [family.sample_task(seed) for seed in seeds]
-    inputs = torch.stack([task.inputs for task in tasks])  # (tasks, n, *input_shape)
-    targets = torch.stack([task.targets for task in tasks])  # (tasks, n, *target_shape)
+    inputs = torch.stack([task.inputs for task in tasks]).to(device)  # (tasks, n, *input_shape)
+    targets = torch.stack([task.targets for task in tasks]).to(device)  # (tasks, n, *target)
     batches = torch.stack(
         [
             minibatch_indices(len(task.inputs), inner.steps, inner.batch_size, seed)
             for task, seed in zip(tasks, seeds, strict=True)
         ]
-    )  # (tasks, steps, batch)
+    ).to(device)  # (tasks, steps, batch)
+    phi = {name: t.to(device) for name, t in phi.items()}
     loss = batch_loss(model, family.loss)
     with torch.no_grad():
-        weights = adapt_tasks(
-            model,
-            phi,
-            inputs,
-            targets,
-            loss_fn=family.loss,
-            batches=batches,
-            lr=inner.lr,
-            optimizer=inner.optimizer,
-        )
+        if family.vmap_tasks:
+            weights = adapt_tasks(
+                model,
+                phi,
+                inputs,
+                targets,
+                loss_fn=family.loss,
+                batches=batches,
+                lr=inner.lr,
+                optimizer=inner.optimizer,
+            )
+            loss_before = vmap(loss, in_dims=(None, 0, 0))(phi, inputs, targets)
+            loss_after = vmap(loss)(weights, inputs, targets)
+        else:
+            adapted = [
+                descend(
+                    loss, phi, zip(x[b], y[b], strict=True), lr=inner.lr, optimizer=inner.optimizer
+                )
+                for x, y, b in zip(inputs, targets, batches, strict=True)
+            ]
+            weights = {name: torch.stack([w[name] for w in adapted]) for name in phi}
+            loss_before = torch.stack(
+                [loss(phi, x, y) for x, y in zip(inputs, targets, strict=True)]
+            )
+            loss_after = torch.stack(
+                [loss(w, x, y) for w, x, y in zip(adapted, inputs, targets, strict=True)]
+            )
         return ChunkResult(
             delta_sum={name: (weights[name] - phi[name]).sum(0) for name in phi},
             count=len(seeds),
-            loss_before=vmap(loss, in_dims=(None, 0, 0))(phi, inputs, targets),
-            loss_after=vmap(loss)(weights, inputs, targets),
+            loss_before=loss_before,
+            loss_after=loss_after,
         )

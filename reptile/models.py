@@ -18,8 +18,11 @@ def sine_mlp(hidden: int = 64) -> nn.Sequential:
 def _conv_block(in_channels: int, filters: int) -> nn.Sequential:
     # Batch statistics always (track_running_stats=False): the paper's transductive setting, and
     # no buffers, so the model is a pure function of its parameters under functional_call/vmap.
+    # No conv bias: batch norm subtracts each channel's mean, so a bias would cancel out and its
+    # true gradient is zero (what float error left of it, Adam's per-coordinate scaling blew up
+    # into steps of the size of the learning rate).
     return nn.Sequential(
-        nn.Conv2d(in_channels, filters, kernel_size=3, padding=1),
+        nn.Conv2d(in_channels, filters, kernel_size=3, padding=1, bias=False),
         nn.BatchNorm2d(filters, track_running_stats=False),
         nn.ReLU(),
         nn.MaxPool2d(2),

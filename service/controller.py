@@ -27,7 +27,7 @@ from service.store import Store, new_id
 from service.tracking import RunRef, Tracker, run_url
 from service.trainer import MetaTrainer, Progress
 from service.weights import read_checkpoint, read_weights, weights_to_bytes, write_weights
-from workers.cluster import connect, total_cpus
+from workers.cluster import connect, shortfall
 
 log = logging.getLogger(__name__)
 
@@ -112,11 +112,8 @@ class Controller:
     def submit(self, spec: AnyJobSpec) -> JobRecord:
         """Queue a job; an image job's data set is checked and prepared here, before it runs."""
         self._check_capacity()  # before preparing a data set; again below, under the lock
-        cpus = total_cpus()
-        if spec.num_workers > cpus:
-            raise Invalid(
-                f"num_workers={spec.num_workers} exceeds the {cpus:g} CPUs of the Ray cluster"
-            )
+        if problem := shortfall(spec.num_workers, 1, spec.gpus_per_worker):
+            raise Invalid(problem)
         try:
             dataset = prepare_dataset(self.settings, spec)
         except DatasetError as error:

@@ -54,6 +54,7 @@ def make_pool(settings: Settings, spec: AnyJobSpec, dataset: str | None) -> Work
         task=spec.task,
         task_options=spec.task_options(dataset),
         num_workers=spec.num_workers,
+        num_gpus=spec.gpus_per_worker,
         round_timeout_s=settings.round_timeout_s,
         chunk_retries=settings.chunk_retries,
     )

@@ -46,6 +46,13 @@ class _JobSpecBase(BaseModel):
         default="adam", description="sgd: plain Reptile; adam: Adam on the pseudo-gradient φ − W"
     )
     num_workers: int = Field(default=2, ge=1, le=256, description="Ray actors")
+    gpus_per_worker: float = Field(
+        default=0,
+        ge=0,
+        le=8,
+        description="GPUs per actor: 0 runs on CPU; a fraction (0–1] shares one GPU; or a whole "
+        "number of GPUs",
+    )
     eval_every: int = Field(default=250, ge=0, le=1_000_000, description="Rounds between evals")
     eval_tasks: int = Field(default=32, ge=1, le=1000, description="Held-out tasks per eval")
     eval_steps: int = Field(default=32, ge=1, le=1000, description="Eval adaptation steps")
@@ -84,6 +91,11 @@ class _JobSpecBase(BaseModel):
                 f"an evaluation of eval_tasks × eval_steps × {self.eval_examples} support "
                 f"examples = {eval_work:,} example-steps exceeds this service's limit of "
                 f"{self.max_work:,}"
+            )
+        if self.gpus_per_worker > 1 and not self.gpus_per_worker.is_integer():
+            raise ValueError(
+                f"gpus_per_worker={self.gpus_per_worker:g}: above 1 it must be a whole number "
+                "(Ray shares one GPU by fractions, never spreads an actor over two)"
             )
         if self.outer_lr_final > self.outer_lr:
             raise ValueError("outer_lr_final must not exceed outer_lr (ε only anneals down)")

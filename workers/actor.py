@@ -1,7 +1,8 @@
 """The inner-loop actor: a thin, stateless shell around `reptile.inner.run_tasks`.
 
 It holds only what can be rebuilt at any time (the task family and a model skeleton), so a
-restarted actor loses nothing.
+restarted actor loses nothing. On a GPU actor the inner loops run on `cuda`; what goes in and
+out is numpy on the CPU either way, so the controller never sees a device.
 """
 
 import os
@@ -35,23 +36,26 @@ class ChunkOutput:
 class InnerLoopWorker:
     """Runs the inner loops of chunks of tasks; one call per chunk, tasks rebuilt from seeds."""
 
-    def __init__(self, task: str, task_options: dict[str, Any], num_threads: int = 1) -> None:
+    def __init__(
+        self, task: str, task_options: dict[str, Any], device: str = "cpu", num_threads: int = 1
+    ) -> None:
         # One intra-op thread per actor: N actors on N cores must not oversubscribe them.
         torch.set_num_threads(num_threads)
+        self.device = torch.device(device)
         self.family = make_family(task, **task_options)
-        self.model = self.family.make_model()
+        self.model = self.family.make_model().to(self.device)
         self.node_id = ray.get_runtime_context().get_node_id()
 
     def run_chunk(
         self, phi: dict[str, np.ndarray], seeds: list[int], inner: InnerConfig
     ) -> ChunkOutput:
         start = time.perf_counter()
-        result = run_tasks(self.family, self.model, from_numpy(phi), seeds, inner)
+        result = run_tasks(self.family, self.model, from_numpy(phi), seeds, inner, self.device)
         return ChunkOutput(
             delta_sum=to_numpy(result.delta_sum),
             count=result.count,
-            loss_before=result.loss_before.numpy(),
-            loss_after=result.loss_after.numpy(),
+            loss_before=result.loss_before.cpu().numpy(),
+            loss_after=result.loss_after.cpu().numpy(),
             compute_seconds=time.perf_counter() - start,
             node_id=self.node_id,
         )

@@ -18,7 +18,7 @@ from ray.exceptions import GetTimeoutError, RayError
 from reptile.inner import InnerConfig
 from reptile.params import Params, from_numpy, to_numpy, total
 from workers.actor import ChunkOutput, InnerLoopWorker
-from workers.cluster import total_cpus
+from workers.cluster import shortfall
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,8 @@ def split(seeds: list[int], parts: int) -> list[list[int]]:
 
 
 class WorkerPool:
-    """`num_workers` stateless actors for one job's task family."""
+    """`num_workers` stateless actors for one job's task family, each on `num_cpus` CPUs and,
+    when `num_gpus` > 0, that much of a GPU (the inner loops then run on it)."""
 
     def __init__(
         self,
@@ -61,19 +62,17 @@ class WorkerPool:
         round_timeout_s: float = 300.0,
         chunk_retries: int = 2,
         num_cpus: float = 1.0,
+        num_gpus: float = 0.0,
     ) -> None:
-        available = total_cpus()
-        if num_workers * num_cpus > available:
-            raise PoolError(
-                f"{num_workers} workers need {num_workers * num_cpus:g} CPUs; "
-                f"the Ray cluster has {available:g}"
-            )
+        if problem := shortfall(num_workers, num_cpus, num_gpus):
+            raise PoolError(problem)
         # SPREAD: actors go to different nodes where they fit, so a job uses the cluster's
         # cores rather than packing onto the first node (no effect on a single machine).
+        # Ray sets each GPU actor's CUDA_VISIBLE_DEVICES, so "cuda" is the GPU it was given.
         self._remote = ray.remote(InnerLoopWorker).options(
-            num_cpus=num_cpus, scheduling_strategy="SPREAD"
+            num_cpus=num_cpus, num_gpus=num_gpus, scheduling_strategy="SPREAD"
         )
-        self._init_args = (task, task_options)
+        self._init_args = (task, task_options, "cuda" if num_gpus else "cpu")
         self._round_timeout_s = round_timeout_s
         self._chunk_retries = chunk_retries
         self.actors = [self._new_actor() for _ in range(num_workers)]

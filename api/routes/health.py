@@ -6,7 +6,7 @@ from urllib.parse import urlsplit, urlunsplit
 from fastapi import APIRouter
 
 from api.deps import ControllerDep
-from workers.cluster import total_cpus
+from workers.cluster import total_resource
 
 router = APIRouter(tags=["health"])
 
@@ -20,7 +20,8 @@ def healthz() -> dict[str, str]:
 def readyz(controller: ControllerDep) -> dict[str, object]:
     return {
         "status": "ready",
-        "ray_cpus": total_cpus(),
+        "ray_cpus": total_resource("CPU"),
+        "ray_gpus": total_resource("GPU"),
         "tracking_uri": _without_password(controller.settings.tracking_uri),
     }
 

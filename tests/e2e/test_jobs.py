@@ -159,7 +159,8 @@ def test_bad_input_gets_a_clear_4xx_and_changes_nothing(server: Server) -> None:
             ({"inner_steps": -3}, 422, "greater than or equal to 1"),
             ({"meta_batch_size": 0}, 422, "greater than or equal to 1"),
             ({"inner_optimizer": "rmsprop"}, 422, "'sgd' or 'adam'"),
-            ({"num_workers": 64}, 422, "exceeds the 4 CPUs"),
+            ({"num_workers": 64}, 422, "needs 64 CPUs; the Ray cluster has 4"),
+            ({"gpus_per_worker": 1}, 422, "needs 2 GPUs; the Ray cluster has 0"),
             ({"shots": 4, "inner_batch_size": 8}, 422, "cannot exceed the 4 examples"),
         ]
         for body, status, message in bad_jobs:

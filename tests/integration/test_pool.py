@@ -12,6 +12,7 @@ from reptile.meta import MetaConfig, MetaOptimizer, epsilon
 from reptile.params import Params, init_params, scale
 from reptile.serial import train_serial
 from reptile.tasks import make_family, task_seeds
+from workers.cluster import gpus_needed
 from workers.pool import PoolError, WorkerPool, split
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
@@ -69,8 +70,20 @@ def test_a_killed_actor_is_replaced_and_the_round_is_unchanged() -> None:
 
 
 def test_more_workers_than_cpus_is_refused_up_front() -> None:
-    with pytest.raises(PoolError, match="the Ray cluster has 4"):
+    with pytest.raises(PoolError, match="needs 5 CPUs; the Ray cluster has 4"):
         WorkerPool(task="sine", task_options={}, num_workers=5)
+
+
+def test_gpu_workers_on_a_cluster_without_enough_gpus_are_refused_up_front() -> None:
+    with pytest.raises(PoolError, match="needs 1 GPUs; the Ray cluster has 0"):
+        WorkerPool(task="sine", task_options={}, num_workers=2, num_gpus=0.5)
+
+
+def test_fractional_gpu_actors_pack_onto_whole_gpus() -> None:
+    assert gpus_needed(3, 0) == 0
+    assert gpus_needed(2, 0.5) == 1
+    assert gpus_needed(3, 0.4) == 2  # two share a GPU, the third needs another
+    assert gpus_needed(2, 2) == 4
 
 
 def test_actors_report_their_peak_memory() -> None:

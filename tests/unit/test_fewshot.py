@@ -8,9 +8,10 @@ import torch
 from torch.func import functional_call, grad, vmap
 
 from reptile.evaluate import accuracy
+from reptile.inner import InnerConfig, InnerOptimizer, run_tasks
 from reptile.models import Conv4
 from reptile.params import init_params
-from reptile.tasks import make_family
+from reptile.tasks import make_family, task_seeds
 from reptile.tasks.fewshot import FewShotFamily, ImageSet
 
 GROUPS, CLASSES_PER_GROUP, IMAGES_PER_CLASS, SIDE = 4, 5, 8, 16
@@ -177,6 +178,8 @@ def test_conv4_shapes_follow_the_paper() -> None:
     assert mini(torch.rand(2, 3, 84, 84)).shape == (2, 5)
     assert mini.head.in_features == 32 * 5 * 5  # 84 → 42 → 21 → 10 → 5
     assert not list(omniglot.buffers())  # batch statistics only: a pure function of φ
+    # batch norm cancels a conv bias (its gradient is zero), so the convolutions have none
+    assert {f"features.{i}.0.bias" for i in range(4)}.isdisjoint(dict(omniglot.named_parameters()))
 
 
 def test_conv4_gradients_vectorise_over_tasks(dataset: str) -> None:
@@ -196,6 +199,26 @@ def test_conv4_gradients_vectorise_over_tasks(dataset: str) -> None:
         single = grad(loss)(phi, task.inputs, task.targets)
         for name in phi:
             assert torch.allclose(batched[name][i], single[name], atol=1e-6), name
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_conv4_chunks_run_task_by_task_like_one_vmapped_loop(
+    dataset: str, optimizer: InnerOptimizer
+) -> None:
+    options: dict[str, Any] = {"dataset": dataset, "ways": 3, "shots": 4, "held_out": ("g3",)}
+    by_task, vmapped = FewShotFamily(**options), FewShotFamily(**options, vmap_tasks=True)
+    assert not by_task.vmap_tasks  # the default for Conv4
+    model = by_task.make_model()
+    phi = init_params(model, 1)
+    seeds = task_seeds(5, 0, 4)
+    inner = InnerConfig(steps=3, batch_size=6, lr=0.01, optimizer=optimizer)
+    result = run_tasks(by_task, model, phi, seeds, inner)
+    expected = run_tasks(vmapped, model, phi, seeds, inner)
+    for name in phi:
+        assert torch.allclose(result.delta_sum[name], expected.delta_sum[name], atol=1e-5), name
+    assert torch.allclose(result.loss_before, expected.loss_before, atol=1e-6)
+    assert torch.allclose(result.loss_after, expected.loss_after, atol=1e-5)
+    assert result.loss_after.mean() < result.loss_before.mean()
 
 
 def test_accuracy_is_the_fraction_of_correct_argmaxes() -> None:

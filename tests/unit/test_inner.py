@@ -3,6 +3,7 @@ vectorised loop over a chunk of tasks against one task at a time."""
 
 from collections.abc import Callable
 
+import numpy as np
 import pytest
 import torch
 from torch import Tensor
@@ -17,9 +18,10 @@ from reptile.inner import (
     run_tasks,
     task_loss,
 )
-from reptile.params import Params, init_params, params_of, subtract, total
+from reptile.params import Params, init_params, params_of, subtract, to_numpy, total
 from reptile.tasks import task_seeds
 from reptile.tasks.sine import SineFamily
+from workers.actor import InnerLoopWorker
 
 FAMILY = SineFamily()
 
@@ -159,3 +161,21 @@ def test_chunks_of_a_round_sum_to_the_whole_round() -> None:
     for name in phi:
         summed = chunks[0].delta_sum[name] + chunks[1].delta_sum[name]
         assert torch.allclose(whole.delta_sum[name], summed, atol=1e-6)
+
+
+def test_a_chunk_computes_on_the_given_device_and_the_actor_returns_numpy() -> None:
+    """The GPU plumbing, without a GPU: on the `meta` device any tensor left on the CPU would
+    raise, so every step ran there; the actor hands back CPU numpy."""
+    model = FAMILY.make_model()
+    phi = init_params(model, 2)
+    seeds = task_seeds(0, 0, 3)
+    inner = InnerConfig(steps=2, batch_size=10, lr=0.02, optimizer="adam")
+    on_meta = run_tasks(FAMILY, FAMILY.make_model().to("meta"), phi, seeds, inner, "meta")
+    assert {t.device.type for t in [*on_meta.delta_sum.values(), on_meta.loss_after]} == {"meta"}
+    worker = InnerLoopWorker("sine", {}, device="cpu")
+    output = worker.run_chunk(to_numpy(phi), seeds, inner)
+    expected = run_tasks(FAMILY, model, phi, seeds, inner)
+    assert isinstance(output.loss_after, np.ndarray) and output.count == 3
+    assert np.allclose(output.loss_after, expected.loss_after.numpy())
+    for name in phi:
+        assert np.allclose(output.delta_sum[name], expected.delta_sum[name].numpy())

@@ -30,6 +30,12 @@ def test_an_image_job_needs_only_task_and_data() -> None:
     }
 
 
+def test_gpus_per_worker_is_a_fraction_of_one_gpu_or_whole_gpus() -> None:
+    assert parse_spec({}).gpus_per_worker == 0
+    assert parse_spec({"gpus_per_worker": 0.25}).gpus_per_worker == 0.25
+    assert parse_spec({"gpus_per_worker": 2}).gpus_per_worker == 2
+
+
 @pytest.mark.parametrize(
     ("body", "message"),
     [
@@ -45,6 +51,8 @@ def test_an_image_job_needs_only_task_and_data() -> None:
         ({"task": "omniglot"}, "Field required"),
         ({"data": "x"}, "Extra inputs are not permitted"),
         ({"task": "omniglot", "data": "x", "ways": 1}, "greater than or equal to 2"),
+        ({"gpus_per_worker": 1.5}, "above 1 it must be a whole number"),
+        ({"gpus_per_worker": -0.5}, "greater than or equal to 0"),
     ],
 )
 def test_bad_fields_are_rejected_with_a_message(body: dict[str, object], message: str) -> None:
