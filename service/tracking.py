@@ -4,7 +4,8 @@ The trainer enqueues metrics and artifacts and never waits on MLflow. A backgrou
 creates (or reopens) the job's run and replays the queue in order through `MlflowClient` with
 the explicit run id (jobs run concurrently, so the thread-local fluent run is never used). When
 MLflow is unreachable the thread keeps the queue, reports `degraded`, and retries until it
-comes back: nothing is lost while the process lives.
+comes back: nothing is lost while the process lives. A job's final model is registered the
+same way, so an outage delays its registration but never blocks or fails the job.
 """
 
 import logging
@@ -21,6 +22,8 @@ from typing import Any
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +41,18 @@ class RunRef:
 
 
 @dataclass(frozen=True)
+class ModelVersionRef:
+    """A version of a registered model."""
+
+    name: str
+    version: str
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+
+@dataclass(frozen=True)
 class _Metrics:
     metrics: list[Metric]
 
@@ -46,6 +61,14 @@ class _Metrics:
 class _Artifact:
     local_path: Path  # a staged copy owned by the tracker
     artifact_dir: str
+
+
+@dataclass(frozen=True)
+class _Model:
+    local_dir: Path  # a saved MLflow model, staged; logged as the run's `model` artifacts
+    name: str  # registered model
+    tags: dict[str, str]
+    description: str
 
 
 @dataclass(frozen=True)
@@ -68,6 +91,7 @@ class Tracker:
         staging_dir: Path,
         run: RunRef | None = None,
         on_run: Callable[[RunRef], None] = lambda run: None,
+        on_model: Callable[[ModelVersionRef], None] = lambda model: None,
         retry_seconds: float = 2.0,
         flush_interval_s: float = 1.0,
     ) -> None:
@@ -79,12 +103,14 @@ class Tracker:
         self._tags = tags
         self._staging_dir = staging_dir
         self._on_run = on_run
+        self._on_model = on_model
         self._retry_seconds = retry_seconds
         self._flush_interval_s = flush_interval_s
         self.run = run
+        self.model: ModelVersionRef | None = None  # set once the model is registered
         self.degraded = False
         self.last_error: str | None = None
-        self._queue: queue.Queue[_Metrics | _Artifact | _End] = queue.Queue()
+        self._queue: queue.Queue[_Metrics | _Artifact | _Model | _End] = queue.Queue()
         self._thread = threading.Thread(target=self._work, name=f"mlflow-{run_name}", daemon=True)
         self._thread.start()
 
@@ -101,6 +127,15 @@ class Tracker:
         staged = Path(tempfile.mkdtemp(dir=self._ensure_staging())) / name
         staged.write_bytes(data)
         self._queue.put(_Artifact(staged, artifact_dir))
+
+    def register_model(
+        self, name: str, save: Callable[[Path], None], *, tags: dict[str, str], description: str
+    ) -> None:
+        """Save a model now with `save(directory)`, then log it as the run's `model` artifacts
+        and register it as a new version of `name` (created if missing), in queue order."""
+        staged = Path(tempfile.mkdtemp(dir=self._ensure_staging())) / "model"
+        save(staged)
+        self._queue.put(_Model(staged, name, tags, description))
 
     def finish(self, status: str | None, timeout: float = 30.0) -> bool:
         """Flush the queue, then end the run with `status` (FINISHED, FAILED, KILLED).
@@ -184,15 +219,38 @@ class Tracker:
         self.run = RunRef(experiment_id=experiment_id, run_id=run.info.run_id)
         self._on_run(self.run)
 
-    def _apply(self, item: _Metrics | _Artifact | _End) -> None:
+    def _apply(self, item: _Metrics | _Artifact | _Model | _End) -> None:
         assert self.run is not None
         if isinstance(item, _Metrics):
             self._client.log_batch(self.run.run_id, metrics=item.metrics)
         elif isinstance(item, _Artifact):
             self._client.log_artifact(self.run.run_id, str(item.local_path), item.artifact_dir)
             shutil.rmtree(item.local_path.parent, ignore_errors=True)
+        elif isinstance(item, _Model):
+            self._register(item)
         elif item.status is not None:
             self._client.set_terminated(self.run.run_id, status=item.status)
+
+    def _register(self, item: _Model) -> None:
+        """Re-run after a failure until it succeeds: every step tolerates an earlier success."""
+        assert self.run is not None
+        if self.model is None:
+            self._client.log_artifacts(self.run.run_id, str(item.local_dir), "model")
+            try:
+                self._client.create_registered_model(item.name)
+            except MlflowException as error:
+                if error.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+                    raise
+            version = self._client.create_model_version(
+                item.name,
+                source=f"runs:/{self.run.run_id}/model",
+                run_id=self.run.run_id,
+                tags=item.tags,
+                description=item.description,
+            )
+            self.model = ModelVersionRef(item.name, str(version.version))
+        shutil.rmtree(item.local_dir.parent, ignore_errors=True)
+        self._on_model(self.model)
 
 
 def run_url(ui_url: str, run: RunRef) -> str:
@@ -200,4 +258,4 @@ def run_url(ui_url: str, run: RunRef) -> str:
     return f"{ui_url.rstrip('/')}/#/experiments/{run.experiment_id}/runs/{run.run_id}"
 
 
-__all__ = ["RunRef", "Tracker", "run_url"]
+__all__ = ["ModelVersionRef", "RunRef", "Tracker", "run_url"]
