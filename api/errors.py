@@ -9,7 +9,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from service.controller import Conflict, Invalid, NotFound
+from service.controller import Conflict, Invalid, NotFound, Unavailable
 from service.weights import CorruptCheckpoint
 
 
@@ -44,3 +44,4 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(Conflict, _with_status(409))
     app.add_exception_handler(Invalid, _with_status(422))
     app.add_exception_handler(CorruptCheckpoint, _with_status(409))  # stored state unusable
+    app.add_exception_handler(Unavailable, _with_status(503))

@@ -1,8 +1,10 @@
 """Adaptations: a few labelled examples of a new task in, adapted weights and predictions out.
 
-Sine jobs take JSON points. Image jobs take JSON with base64 images, or multipart/form-data
-(`support` files, `labels` fields in the same order, `query` files, optional `steps`, `lr`),
-which is turned into the JSON form and validated by the same model.
+φ is a job's (`POST /v1/jobs/{id}/adaptations`) or a registered model's (`POST /v1/adaptations`
+with `"model": "models:/…"`), through one code path. Sine jobs take JSON points. Image jobs take
+JSON with base64 images, or multipart/form-data (`support` files, `labels` fields in the same
+order, `query` files, optional `steps`, `lr`, `model`), which is turned into the JSON form and
+validated by the same model.
 """
 
 import base64
@@ -21,9 +23,11 @@ from api.schemas import (
     MAX_SUPPORT_IMAGES,
     AdaptationPublic,
     ImageAdaptationCreate,
+    ModelAdaptationCreate,
     SineAdaptationCreate,
 )
-from service.specs import SineJobSpec
+from service.adaptation import Images, Points
+from service.specs import AnyJobSpec, SineJobSpec
 
 router = APIRouter(tags=["adaptations"])
 
@@ -32,8 +36,11 @@ _BODY_SCHEMA = TypeAdapter(SineAdaptationCreate | ImageAdaptationCreate).json_sc
 )
 # The body is parsed by hand (JSON or multipart), so its models are added to the OpenAPI
 # components by `api.main`.
-SCHEMA_COMPONENTS: dict[str, Any] = _BODY_SCHEMA["$defs"]
-_FORM_SCHEMA = {
+SCHEMA_COMPONENTS: dict[str, Any] = {
+    **_BODY_SCHEMA["$defs"],
+    "ModelAdaptationCreate": ModelAdaptationCreate.model_json_schema(),
+}
+_FORM_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["support", "labels"],
     "properties": {
@@ -44,15 +51,34 @@ _FORM_SCHEMA = {
         "lr": {"type": "number", "exclusiveMinimum": 0},
     },
 }
-_OPENAPI = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {"schema": {"anyOf": _BODY_SCHEMA["anyOf"]}},
-            "multipart/form-data": {"schema": _FORM_SCHEMA},
-        },
+
+
+def _openapi(json_schema: dict[str, Any], form_schema: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": json_schema},
+                "multipart/form-data": {"schema": form_schema},
+            },
+        }
     }
-}
+
+
+_JOB_OPENAPI = _openapi({"anyOf": _BODY_SCHEMA["anyOf"]}, _FORM_SCHEMA)
+_MODEL_OPENAPI = _openapi(
+    {
+        "allOf": [
+            {"$ref": "#/components/schemas/ModelAdaptationCreate"},
+            {"anyOf": _BODY_SCHEMA["anyOf"]},
+        ]
+    },
+    {
+        **_FORM_SCHEMA,
+        "required": ["model", *_FORM_SCHEMA["required"]],
+        "properties": {**_FORM_SCHEMA["properties"], "model": {"type": "string"}},
+    },
+)
 
 
 def _validated(model: type[BaseModel], data: Any) -> Any:
@@ -78,56 +104,72 @@ async def _form_body(request: Request) -> dict[str, Any]:
         "support": {"images": await encoded("support"), "labels": form.getlist("labels")},
         "query": {"images": await encoded("query")},
     }
-    for option in ("steps", "lr"):
+    for option in ("model", "steps", "lr"):
         if option in form:
             body[option] = form[option]
     return body
+
+
+async def _body(request: Request) -> Any:
+    """The request's JSON, or its multipart form in the JSON form."""
+    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        return await _form_body(request)
+    try:
+        return await request.json()
+    except ValueError as error:
+        raise RequestValidationError(
+            [{"type": "json_invalid", "loc": ("body",), "msg": f"invalid JSON: {error}"}]
+        ) from None
+
+
+def _task(spec: AnyJobSpec, data: Any) -> tuple[Points | Images, int | None, float | None]:
+    """The body as the task to adapt to (points or images, after the job's family), with its
+    `steps` and `lr`."""
+    if isinstance(spec, SineJobSpec):
+        points = _validated(SineAdaptationCreate, data)
+        task: Points | Images = Points(points.support.x, points.support.y, points.query.x)
+        return task, points.steps, points.lr
+    images = _validated(ImageAdaptationCreate, data)
+    task = Images(images.support.images, images.support.labels, images.query.images)
+    return task, images.steps, images.lr
 
 
 @router.post(
     "/v1/jobs/{job_id}/adaptations",
     status_code=status.HTTP_201_CREATED,
     response_model=AdaptationPublic,
-    openapi_extra=_OPENAPI,
+    openapi_extra=_JOB_OPENAPI,
 )
 async def create_adaptation(
     job_id: str, request: Request, controller: ControllerDep, response: Response
 ) -> AdaptationPublic:
     """Adapt the job's current φ (the latest round's while it runs) to the support set."""
     spec = controller.get(job_id).spec  # 404 first
-    if request.headers.get("content-type", "").startswith("multipart/form-data"):
-        data: Any = await _form_body(request)
-    else:
-        try:
-            data = await request.json()
-        except ValueError as error:
-            raise RequestValidationError(
-                [{"type": "json_invalid", "loc": ("body",), "msg": f"invalid JSON: {error}"}]
-            ) from None
-    if isinstance(spec, SineJobSpec):
-        points = _validated(SineAdaptationCreate, data)
-        record = await run_in_threadpool(
-            lambda: controller.adapt_points(
-                job_id,
-                x=points.support.x,
-                y=points.support.y,
-                query_x=points.query.x,
-                steps=points.steps,
-                lr=points.lr,
-            )
-        )
-    else:
-        images = _validated(ImageAdaptationCreate, data)
-        record = await run_in_threadpool(
-            lambda: controller.adapt_images(
-                job_id,
-                support=images.support.images,
-                labels=images.support.labels,
-                query=images.query.images,
-                steps=images.steps,
-                lr=images.lr,
-            )
-        )
+    task, steps, lr = _task(spec, await _body(request))
+    record = await run_in_threadpool(
+        lambda: controller.adapt(controller.job_source(job_id), task, steps=steps, lr=lr)
+    )
+    response.headers["Location"] = f"/v1/adaptations/{record.id}"
+    return record
+
+
+@router.post(
+    "/v1/adaptations",
+    status_code=status.HTTP_201_CREATED,
+    response_model=AdaptationPublic,
+    openapi_extra=_MODEL_OPENAPI,
+    responses={404: {"description": "No such registered model, version or alias"}},
+)
+async def create_model_adaptation(
+    request: Request, controller: ControllerDep, response: Response
+) -> AdaptationPublic:
+    """Adapt a registered model's φ (MLflow model registry) to the support set: the body of a
+    job adaptation plus `model`. It outlives the job that trained it."""
+    data = await _body(request)
+    model = _validated(ModelAdaptationCreate, data).model
+    source = await run_in_threadpool(controller.model_source, model)
+    task, steps, lr = _task(source.spec, {k: v for k, v in data.items() if k != "model"})
+    record = await run_in_threadpool(lambda: controller.adapt(source, task, steps=steps, lr=lr))
     response.headers["Location"] = f"/v1/adaptations/{record.id}"
     return record
 
