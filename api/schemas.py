@@ -15,6 +15,7 @@ from pydantic import (
 )
 
 from service.records import AdaptationRecord, JobRecord
+from service.registry import MODEL_URI_PATTERN
 from service.specs import JobSpec
 
 MAX_SUPPORT_POINTS = 1_000
@@ -122,6 +123,18 @@ class ImageAdaptationCreate(_AdaptationOptions):
 
     support: ImageSupport
     query: ImageQuery = ImageQuery()
+
+
+class ModelAdaptationCreate(BaseModel):
+    """`POST /v1/adaptations`: a job adaptation's body plus the registered model to adapt."""
+
+    model: str = Field(
+        max_length=300,
+        pattern=MODEL_URI_PATTERN,
+        description="models:/<name>@<alias> (@latest: the newest version) or "
+        "models:/<name>/<version>",
+        examples=["models:/reptile-sine@latest"],
+    )
 
 
 class WeightsJSON(BaseModel):

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from reptile.inner import InnerOptimizer, adapt, full_batches, task_loss
+from reptile.inner import InnerOptimizer, LossFn, adapt, full_batches, task_loss
 from reptile.params import Params
 from reptile.tasks import EvalTask, Task, TaskFamily
 
@@ -67,7 +67,7 @@ class Adaptation:
 
 
 def adapt_and_predict(
-    family: TaskFamily,
+    loss_fn: LossFn,
     model: nn.Module,
     phi: Params,
     support: Task,
@@ -80,13 +80,14 @@ def adapt_and_predict(
 ) -> Adaptation:
     """Adapt φ with `steps` full-batch steps on `support`, then predict `query_inputs`.
 
-    `transductive` only matters for models with batch norm (see `classify`).
+    Takes the loss rather than the task family, so a registered model adapts without the
+    family's data set. `transductive` only matters for models with batch norm (see `classify`).
     """
     weights = adapt(
         model,
         phi,
         support,
-        loss_fn=family.loss,
+        loss_fn=loss_fn,
         batches=full_batches(len(support.inputs), steps),
         lr=lr,
         optimizer=optimizer,
@@ -94,8 +95,8 @@ def adapt_and_predict(
     with torch.no_grad():
         return Adaptation(
             weights=weights,
-            loss_before=task_loss(model, phi, family.loss, support).item(),
-            loss_after=task_loss(model, weights, family.loss, support).item(),
+            loss_before=task_loss(model, phi, loss_fn, support).item(),
+            loss_after=task_loss(model, weights, loss_fn, support).item(),
             predictions=classify(model, weights, support.inputs, query_inputs, transductive),
         )
 

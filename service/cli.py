@@ -117,7 +117,9 @@ def train(
     """Run one job in this process (Ray workers, MLflow run), with a progress bar."""
     from tqdm import tqdm
 
+    from service.adaptation import Source, image_shape
     from service.records import now
+    from service.registry import register
     from service.runtime import make_pool, make_tracker, prepare_dataset
     from service.store import new_id
     from service.tracking import run_url
@@ -168,10 +170,14 @@ def train(
             pool.shutdown()
     write_weights(output, trainer.phi)
     tracker.log_artifact(output.read_bytes(), "weights/phi.safetensors")
+    final = Source(spec, trainer.phi, job_id, spec.rounds, image_shape(spec, dataset))
+    register(tracker, final, trainer.history[-1])
     flushed = tracker.finish("FINISHED", timeout=60)
     print(f"meta-weights: {output}")
     if tracker.run is not None:
         print(f"MLflow run: {run_url(settings.mlflow_ui_url, tracker.run)}")
+    if tracker.model is not None:
+        print(f"registered model: {tracker.model.uri}")
     if not flushed:
         print("warning: MLflow was unreachable; some records were not logged", file=sys.stderr)
 

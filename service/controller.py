@@ -13,18 +13,21 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from mlflow.exceptions import MlflowException
 from prometheus_client import CollectorRegistry
 
 from reptile.params import Params
-from service.adaptation import Outcome, adapt_images, adapt_points
+from service import adaptation
+from service.adaptation import AdaptationError, Images, Points, Source, image_shape
 from service.datasets import DatasetError
 from service.metrics import ServiceMetrics
 from service.records import AdaptationRecord, JobRecord, JobState, MlflowInfo, now
+from service.registry import ModelNotFound, Registry, RegistryError, register
 from service.runtime import make_pool, make_tracker, prepare_dataset
 from service.settings import Settings
-from service.specs import AnyJobSpec, SineJobSpec
+from service.specs import AnyJobSpec
 from service.store import Store, new_id
-from service.tracking import RunRef, Tracker, run_url
+from service.tracking import ModelVersionRef, RunRef, Tracker, run_url
 from service.trainer import MetaTrainer, Progress
 from service.weights import read_checkpoint, read_weights, weights_to_bytes, write_weights
 from workers.cluster import connect, shortfall
@@ -50,7 +53,8 @@ class Invalid(ValueError):
 
 
 class Unavailable(RuntimeError):
-    """The service cannot store what the request would create (e.g. its disk is full)."""
+    """The service cannot serve the request now: its disk is full, or the MLflow model
+    registry it needs cannot be reached."""
 
 
 class Busy(RuntimeError):
@@ -72,14 +76,17 @@ class _Active:
 
 
 class Controller:
-    def __init__(self, settings: Settings, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self, settings: Settings, metrics_registry: CollectorRegistry | None = None
+    ) -> None:
         self.settings = settings
         self.store = Store(settings.data_dir)
+        self.registry = Registry(settings.tracking_uri)
         self._lock = threading.RLock()
         self._records = {r.id: r for r in self.store.load_jobs()}
         self._active: dict[str, _Active] = {}
         self._executor = ThreadPoolExecutor(settings.max_concurrent_jobs, thread_name_prefix="job")
-        self.metrics = ServiceMetrics(self.jobs, registry)
+        self.metrics = ServiceMetrics(self.jobs, metrics_registry)
         self._adaptation_slots = threading.BoundedSemaphore(settings.max_concurrent_adaptations)
 
     # --- life cycle ---------------------------------------------------------------------
@@ -202,68 +209,61 @@ class Controller:
         raise Conflict(f"job {job_id} has no weights yet (it is {record.state.value})")
 
     # --- adaptations ----------------------------------------------------------------------
-    def adapt_points(
-        self,
-        job_id: str,
-        *,
-        x: list[float],
-        y: list[float],
-        query_x: list[float],
-        steps: int | None,
-        lr: float | None,
-    ) -> AdaptationRecord:
-        """Adapt a sine job's current φ to new (x, y) points and predict `query_x`."""
+    def job_source(self, job_id: str) -> Source:
+        """The job's current φ (the latest round's while it runs) to adapt from."""
         record = self.get(job_id)
-        if not isinstance(record.spec, SineJobSpec):
-            raise Invalid(f"job {job_id} is a {record.spec.task} job: send labelled images")
         phi, round_reached = self.weights(job_id)
-        steps = steps if steps is not None else record.spec.eval_steps
-        lr = lr if lr is not None else record.spec.inner_lr
-        with (
-            self._adaptation_slot(record.spec, steps, len(x)),
-            self.metrics.adaptation_seconds.labels(record.spec.task).time(),
-        ):
-            outcome = adapt_points(record.spec, phi, x=x, y=y, query_x=query_x, steps=steps, lr=lr)
-        return self._save_adaptation(job_id, round_reached, steps, lr, outcome)
+        return Source(
+            record.spec, phi, job_id, round_reached, image_shape(record.spec, record.dataset)
+        )
 
-    def adapt_images(
-        self,
-        job_id: str,
-        *,
-        support: list[bytes],
-        labels: list[str],
-        query: list[bytes],
-        steps: int | None,
-        lr: float | None,
+    def model_source(self, uri: str) -> Source:
+        """A registered model's φ to adapt from: `models:/<name>/<version>` or `…@<alias>`."""
+        try:
+            return self.registry.source(uri)
+        except ModelNotFound as error:
+            raise NotFound(str(error)) from error
+        except RegistryError as error:
+            raise Invalid(str(error)) from error
+        except (MlflowException, OSError) as error:
+            raise Unavailable(f"the model registry cannot serve {uri}: {error}") from error
+
+    def adapt(
+        self, source: Source, inputs: Points | Images, *, steps: int | None, lr: float | None
     ) -> AdaptationRecord:
-        """Adapt an image job's current φ to labelled images and classify the query images."""
-        record = self.get(job_id)
-        spec = record.spec
-        if isinstance(spec, SineJobSpec) or record.dataset is None:
-            raise Invalid(f"job {job_id} is a sine job: send support x/y points")
-        phi, round_reached = self.weights(job_id)
-        steps = steps if steps is not None else spec.eval_steps
-        lr = lr if lr is not None else spec.inner_lr
-        with (
-            self._adaptation_slot(spec, steps, len(support)),
-            self.metrics.adaptation_seconds.labels(spec.task).time(),
-        ):
-            outcome = adapt_images(
-                spec,
-                record.dataset,
-                phi,
-                support=support,
-                labels=labels,
-                query=query,
-                steps=steps,
-                lr=lr,
-            )
-        return self._save_adaptation(job_id, round_reached, steps, lr, outcome)
+        """Adapt the source's φ to a new task, predict its queries, and keep the result."""
+        examples = len(inputs.x) if isinstance(inputs, Points) else len(inputs.support)
+        try:
+            with (
+                self._adaptation_slot(source.spec, steps, examples),
+                self.metrics.adaptation_seconds.labels(source.spec.task).time(),
+            ):
+                outcome = adaptation.adapt(source, inputs, steps=steps, lr=lr)
+        except AdaptationError as error:
+            raise Invalid(str(error)) from error
+        record = AdaptationRecord(
+            id=new_id(),
+            job_id=source.job_id,
+            model=source.model,
+            round=source.round,
+            steps=outcome.steps,
+            lr=outcome.lr,
+            support_loss=outcome.support_loss,
+            predictions=outcome.predictions,
+        )
+        try:
+            self.store.save_adaptation(record, outcome.weights)
+        except OSError as error:
+            raise Unavailable(f"cannot store the adaptation: {error}") from error
+        return record
 
     @contextmanager
-    def _adaptation_slot(self, spec: AnyJobSpec, steps: int, examples: int) -> Iterator[None]:
+    def _adaptation_slot(
+        self, spec: AnyJobSpec, steps: int | None, examples: int
+    ) -> Iterator[None]:
         """Hold one of the `max_concurrent_adaptations` slots (each keeps a CPU busy) for an
         adaptation that costs no more than one round may (the family's `max_work`)."""
+        steps = steps if steps is not None else spec.eval_steps
         if steps * examples > spec.max_work:
             raise Invalid(
                 f"{steps} steps on {examples} support examples = {steps * examples:,} "
@@ -279,24 +279,6 @@ class Controller:
             yield
         finally:
             self._adaptation_slots.release()
-
-    def _save_adaptation(
-        self, job_id: str, round_reached: int, steps: int, lr: float, outcome: Outcome
-    ) -> AdaptationRecord:
-        record = AdaptationRecord(
-            id=new_id(),
-            job_id=job_id,
-            round=round_reached,
-            steps=steps,
-            lr=lr,
-            support_loss=outcome.support_loss,
-            predictions=outcome.predictions,
-        )
-        try:
-            self.store.save_adaptation(record, outcome.weights)
-        except OSError as error:
-            raise Unavailable(f"cannot store the adaptation: {error}") from error
-        return record
 
     def adaptation(self, adaptation_id: str) -> AdaptationRecord:
         try:
@@ -364,6 +346,10 @@ class Controller:
             else:
                 write_weights(self.store.weights_path(job_id), trainer.phi)
                 tracker.log_artifact(weights_to_bytes(trainer.phi), "weights/phi.safetensors")
+                if completed:
+                    shape = image_shape(spec, record.dataset)
+                    final = Source(spec, trainer.phi, job_id, spec.rounds, shape)
+                    register(tracker, final, trainer.history[-1])
                 status = "FINISHED" if completed else "KILLED"
                 outcome["state"] = JobState.succeeded if completed else JobState.cancelled
         except Exception as error:
@@ -396,6 +382,13 @@ class Controller:
         def on_run(run: RunRef) -> None:  # called from the tracker's thread
             self._update(record.id, mlflow=self._mlflow_info(run))
 
+        def on_model(model: ModelVersionRef) -> None:  # the tracker's thread, once registered
+            with self._lock:
+                mlflow = self._records[record.id].mlflow.model_copy(
+                    update={"model_uri": model.uri, "model_version": model.version}
+                )
+            self._update(record.id, mlflow=mlflow)
+
         return make_tracker(
             self.settings,
             record.spec,
@@ -404,6 +397,7 @@ class Controller:
             staging_dir=self.store.staging_dir(record.id),
             run=run,
             on_run=on_run,
+            on_model=on_model,
         )
 
     def _mlflow_info(self, run: RunRef | None, tracker: Tracker | None = None) -> MlflowInfo:
@@ -415,6 +409,8 @@ class Controller:
             ui_url=run_url(self.settings.mlflow_ui_url, run) if run else None,
             status="degraded" if degraded else "ok",
             error=tracker.last_error if tracker is not None else None,
+            model_uri=tracker.model.uri if tracker and tracker.model else None,
+            model_version=tracker.model.version if tracker and tracker.model else None,
         )
 
     def _progress(self, job_id: str, progress: Progress, tracker: Tracker) -> None:

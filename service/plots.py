@@ -41,7 +41,7 @@ def sine_fit_png(
     x = task.query.inputs  # (50, 1)
     before = functional_call(model, phi, (x,)).detach()
     after = adapt_and_predict(
-        family, model, phi, task.support, x, steps=steps, lr=lr, optimizer=optimizer
+        family.loss, model, phi, task.support, x, steps=steps, lr=lr, optimizer=optimizer
     ).predictions
     figure, axes = plt.subplots(figsize=(7, 4))
     axes.plot(x, task.query.targets, "k-", label="true")
@@ -86,7 +86,7 @@ def prediction_grid_png(
 ) -> bytes:
     """The support images by class, then each query image with its predicted label."""
     predicted = adapt_and_predict(
-        family,
+        family.loss,
         model,
         phi,
         task.support,

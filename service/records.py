@@ -33,6 +33,11 @@ class MlflowInfo(BaseModel):
     ui_url: str | None = None
     status: str = Field(default="ok", description="'ok', or 'degraded' while MLflow is unreachable")
     error: str | None = None
+    model_uri: str | None = Field(
+        default=None,
+        description="models:/<name>/<version> of the final φ, once registered (succeeded jobs)",
+    )
+    model_version: str | None = Field(default=None, description="That registered model version")
 
 
 class JobRecord(BaseModel):
@@ -63,6 +68,9 @@ class ClassPrediction(BaseModel):
 class AdaptationRecord(BaseModel):
     id: str
     job_id: str
+    model: str | None = Field(
+        default=None, description="models:/<name>/<version> when φ came from the model registry"
+    )
     round: int = Field(description="The job's round whose φ was adapted")
     steps: int
     lr: float

@@ -10,7 +10,7 @@ from reptile.tasks import make_family
 from service.datasets import DatasetError, prepare_image_folder, prepare_omniglot
 from service.settings import Settings
 from service.specs import AnyJobSpec, SineJobSpec
-from service.tracking import RunRef, Tracker
+from service.tracking import ModelVersionRef, RunRef, Tracker
 from workers.pool import WorkerPool
 
 
@@ -69,6 +69,7 @@ def make_tracker(
     staging_dir: Path,
     run: RunRef | None = None,
     on_run: Callable[[RunRef], None] = lambda run: None,
+    on_model: Callable[[ModelVersionRef], None] = lambda model: None,
 ) -> Tracker:
     """The job's MLflow run in the experiment `reptile-<task>`; every spec field is a param."""
     uri = settings.tracking_uri
@@ -83,4 +84,5 @@ def make_tracker(
         staging_dir=staging_dir,
         run=run,
         on_run=on_run,
+        on_model=on_model,
     )

@@ -33,6 +33,12 @@ class _JobSpecBase(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     name: str | None = Field(default=None, max_length=200, description="MLflow run name")
+    model_name: str | None = Field(
+        default=None,
+        max_length=100,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        description="Registered model a successful job adds a version to (default: reptile-<task>)",
+    )
     seed: int = Field(default=0, ge=0, le=2**32 - 1, description="Seeds φ's init and all tasks")
     rounds: int = Field(default=3000, ge=1, le=1_000_000, description="Meta-updates")
     meta_batch_size: int = Field(default=10, ge=1, le=1024, description="Tasks per round")
@@ -248,6 +254,11 @@ ImageJobSpec = OmniglotJobSpec | ImageFolderJobSpec
 AnyJobSpec = SineJobSpec | OmniglotJobSpec | ImageFolderJobSpec
 
 _JOB_SPEC: TypeAdapter[AnyJobSpec] = TypeAdapter(JobSpec)
+
+
+def registered_model_name(spec: AnyJobSpec) -> str:
+    """The MLflow registered model that the job's final φ becomes a version of."""
+    return spec.model_name or f"reptile-{spec.task}"
 
 
 def parse_spec(data: Any) -> AnyJobSpec:

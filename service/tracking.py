@@ -5,7 +5,8 @@ creates (or reopens) the job's run and replays the queue in order through `Mlflo
 the explicit run id (jobs run concurrently, so the thread-local fluent run is never used). When
 MLflow is unreachable the thread keeps the queue, reports `degraded`, and retries until it
 comes back. Metrics also go to a journal on disk before they are queued, so a controller that
-is killed loses none: the job's next tracker replays what MLflow did not yet have.
+is killed loses none: the job's next tracker replays what MLflow did not yet have. A job's final
+model is registered the same way, so an outage delays its registration but never fails the job.
 """
 
 import json
@@ -23,6 +24,8 @@ from typing import Any
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 
 from service.files import atomic_write
 
@@ -39,6 +42,18 @@ MAX_METRICS_PER_BATCH = 1000  # MLflow's limit for one log_batch call
 class RunRef:
     experiment_id: str
     run_id: str
+
+
+@dataclass(frozen=True)
+class ModelVersionRef:
+    """A version of a registered model."""
+
+    name: str
+    version: str
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
 
 
 @dataclass(frozen=True)
@@ -104,6 +119,14 @@ class _Tag:
 
 
 @dataclass(frozen=True)
+class _Model:
+    local_dir: Path  # a saved MLflow model, staged; logged as the run's `model` artifacts
+    name: str  # registered model
+    tags: dict[str, str]
+    description: str
+
+
+@dataclass(frozen=True)
 class _End:
     status: str | None  # None: leave the run open (the job will resume in it)
 
@@ -123,6 +146,7 @@ class Tracker:
         staging_dir: Path,
         run: RunRef | None = None,
         on_run: Callable[[RunRef], None] = lambda run: None,
+        on_model: Callable[[ModelVersionRef], None] = lambda model: None,
         retry_seconds: float = 2.0,
         flush_interval_s: float = 1.0,
     ) -> None:
@@ -134,12 +158,14 @@ class Tracker:
         self._tags = tags
         self._staging_dir = staging_dir
         self._on_run = on_run
+        self._on_model = on_model
         self._retry_seconds = retry_seconds
         self._flush_interval_s = flush_interval_s
         self.run = run
+        self.model: ModelVersionRef | None = None  # set once the model is registered
         self.degraded = False
         self.last_error: str | None = None
-        self._queue: queue.Queue[_Metrics | _Artifact | _Tag | _End] = queue.Queue()
+        self._queue: queue.Queue[_Metrics | _Artifact | _Tag | _Model | _End] = queue.Queue()
         self._journal = _Journal(staging_dir)
         entries, self._applied = self._journal.load()
         # a resumed job re-runs the rounds after its checkpoint: what is journaled stays as is
@@ -177,6 +203,15 @@ class Tracker:
     def set_tag(self, key: str, value: str) -> None:
         """Set (or replace) a tag of the run."""
         self._queue.put(_Tag(key, value))
+
+    def register_model(
+        self, name: str, save: Callable[[Path], None], *, tags: dict[str, str], description: str
+    ) -> None:
+        """Save a model now with `save(directory)`, then log it as the run's `model` artifacts
+        and register it as a new version of `name` (created if missing), in queue order."""
+        staged = Path(tempfile.mkdtemp(dir=self._ensure_staging())) / "model"
+        save(staged)
+        self._queue.put(_Model(staged, name, tags, description))
 
     def finish(self, status: str | None, timeout: float = 30.0) -> bool:
         """Flush the queue, then end the run with `status` (FINISHED, FAILED, KILLED).
@@ -265,7 +300,7 @@ class Tracker:
         self.run = RunRef(experiment_id=experiment_id, run_id=run.info.run_id)
         self._on_run(self.run)
 
-    def _apply(self, item: _Metrics | _Artifact | _Tag | _End) -> None:
+    def _apply(self, item: _Metrics | _Artifact | _Tag | _Model | _End) -> None:
         assert self.run is not None
         if isinstance(item, _Metrics):
             self._client.log_batch(self.run.run_id, metrics=item.metrics)
@@ -274,8 +309,31 @@ class Tracker:
             shutil.rmtree(item.local_path.parent, ignore_errors=True)
         elif isinstance(item, _Tag):
             self._client.set_tag(self.run.run_id, item.key, item.value)
+        elif isinstance(item, _Model):
+            self._register(item)
         elif item.status is not None:
             self._client.set_terminated(self.run.run_id, status=item.status)
+
+    def _register(self, item: _Model) -> None:
+        """Re-run after a failure until it succeeds: every step tolerates an earlier success."""
+        assert self.run is not None
+        if self.model is None:
+            self._client.log_artifacts(self.run.run_id, str(item.local_dir), "model")
+            try:
+                self._client.create_registered_model(item.name)
+            except MlflowException as error:
+                if error.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+                    raise
+            version = self._client.create_model_version(
+                item.name,
+                source=f"runs:/{self.run.run_id}/model",
+                run_id=self.run.run_id,
+                tags=item.tags,
+                description=item.description,
+            )
+            self.model = ModelVersionRef(item.name, str(version.version))
+        shutil.rmtree(item.local_dir.parent, ignore_errors=True)
+        self._on_model(self.model)
 
 
 def run_url(ui_url: str, run: RunRef) -> str:
@@ -283,4 +341,4 @@ def run_url(ui_url: str, run: RunRef) -> str:
     return f"{ui_url.rstrip('/')}/#/experiments/{run.experiment_id}/runs/{run.run_id}"
 
 
-__all__ = ["RunRef", "Tracker", "run_url"]
+__all__ = ["ModelVersionRef", "RunRef", "Tracker", "run_url"]

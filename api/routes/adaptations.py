@@ -1,8 +1,10 @@
 """Adaptations: a few labelled examples of a new task in, adapted weights and predictions out.
 
-Sine jobs take JSON points. Image jobs take JSON with base64 images, or multipart/form-data
-(`support` files, `labels` fields in the same order, `query` files, optional `steps`, `lr`),
-which is turned into the JSON form and validated by the same model.
+φ is a job's (`POST /v1/jobs/{id}/adaptations`) or a registered model's (`POST /v1/adaptations`
+with `"model": "models:/…"`), through one code path. Sine jobs take JSON points. Image jobs take
+JSON with base64 images, or multipart/form-data (`support` files, `labels` fields in the same
+order, `query` files, optional `steps`, `lr`, `model`), which is turned into the JSON form and
+validated by the same model.
 """
 
 import base64
@@ -24,9 +26,11 @@ from api.schemas import (
     MAX_SUPPORT_IMAGES,
     AdaptationPublic,
     ImageAdaptationCreate,
+    ModelAdaptationCreate,
     SineAdaptationCreate,
 )
-from service.specs import SineJobSpec
+from service.adaptation import Images, Points
+from service.specs import AnyJobSpec, SineJobSpec
 
 router = APIRouter(tags=["adaptations"], responses=errors.RESPONSES)
 
@@ -35,8 +39,11 @@ _BODY_SCHEMA = TypeAdapter(SineAdaptationCreate | ImageAdaptationCreate).json_sc
 )
 # The body is parsed by hand (JSON or multipart), so its models are added to the OpenAPI
 # components by `api.main`.
-SCHEMA_COMPONENTS: dict[str, Any] = _BODY_SCHEMA["$defs"]
-_FORM_SCHEMA = {
+SCHEMA_COMPONENTS: dict[str, Any] = {
+    **_BODY_SCHEMA["$defs"],
+    "ModelAdaptationCreate": ModelAdaptationCreate.model_json_schema(),
+}
+_FORM_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["support", "labels"],
     "properties": {
@@ -55,15 +62,34 @@ _FORM_SCHEMA = {
         "lr": {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_LR},
     },
 }
-_OPENAPI = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {"schema": {"anyOf": _BODY_SCHEMA["anyOf"]}},
-            "multipart/form-data": {"schema": _FORM_SCHEMA},
-        },
+
+
+def _openapi(json_schema: dict[str, Any], form_schema: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": json_schema},
+                "multipart/form-data": {"schema": form_schema},
+            },
+        }
     }
-}
+
+
+_JOB_OPENAPI = _openapi({"anyOf": _BODY_SCHEMA["anyOf"]}, _FORM_SCHEMA)
+_MODEL_OPENAPI = _openapi(
+    {
+        "allOf": [
+            {"$ref": "#/components/schemas/ModelAdaptationCreate"},
+            {"anyOf": _BODY_SCHEMA["anyOf"]},
+        ]
+    },
+    {
+        **_FORM_SCHEMA,
+        "required": ["model", *_FORM_SCHEMA["required"]],
+        "properties": {**_FORM_SCHEMA["properties"], "model": {"type": "string"}},
+    },
+)
 
 
 def _validated(model: type[BaseModel], data: Any, strict: bool) -> Any:
@@ -90,57 +116,76 @@ async def _form_body(request: Request) -> dict[str, Any]:
         "support": {"images": await encoded("support"), "labels": form.getlist("labels")},
         "query": {"images": await encoded("query")},
     }
-    for option in ("steps", "lr"):
+    for option in ("model", "steps", "lr"):
         if option in form:
             body[option] = form[option]
     return body
+
+
+async def _body(request: Request) -> tuple[Any, bool]:
+    """The request's JSON, or its multipart form in the JSON form; and whether it is to be
+    validated strictly (JSON is; form fields are all text)."""
+    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        return await _form_body(request), False
+    try:
+        return await request.json(), True
+    except ValueError as error:
+        raise RequestValidationError(
+            [{"type": "json_invalid", "loc": ("body",), "msg": f"invalid JSON: {error}"}]
+        ) from None
+
+
+def _task(
+    spec: AnyJobSpec, data: Any, strict: bool
+) -> tuple[Points | Images, int | None, float | None]:
+    """The body as the task to adapt to (points or images, after the job's family), with its
+    `steps` and `lr`."""
+    if isinstance(spec, SineJobSpec):
+        points = _validated(SineAdaptationCreate, data, strict)
+        task: Points | Images = Points(points.support.x, points.support.y, points.query.x)
+        return task, points.steps, points.lr
+    images = _validated(ImageAdaptationCreate, data, strict)
+    task = Images(images.support.images, images.support.labels, images.query.images)
+    return task, images.steps, images.lr
 
 
 @router.post(
     "/v1/jobs/{job_id}/adaptations",
     status_code=status.HTTP_201_CREATED,
     response_model=AdaptationPublic,
-    openapi_extra=_OPENAPI,
+    openapi_extra=_JOB_OPENAPI,
 )
 async def create_adaptation(
     job_id: str, request: Request, controller: ControllerDep, response: Response
 ) -> AdaptationPublic:
     """Adapt the job's current φ (the latest round's while it runs) to the support set."""
     spec = controller.get(job_id).spec  # 404 first
-    form = request.headers.get("content-type", "").startswith("multipart/form-data")
-    if form:
-        data: Any = await _form_body(request)
-    else:
-        try:
-            data = await request.json()
-        except ValueError as error:
-            raise RequestValidationError(
-                [{"type": "json_invalid", "loc": ("body",), "msg": f"invalid JSON: {error}"}]
-            ) from None
-    if isinstance(spec, SineJobSpec):
-        points = _validated(SineAdaptationCreate, data, strict=not form)
-        record = await run_in_threadpool(
-            lambda: controller.adapt_points(
-                job_id,
-                x=points.support.x,
-                y=points.support.y,
-                query_x=points.query.x,
-                steps=points.steps,
-                lr=points.lr,
-            )
-        )
-    else:
-        images = _validated(ImageAdaptationCreate, data, strict=not form)
-        record = await run_in_threadpool(
-            lambda: controller.adapt_images(
-                job_id,
-                support=images.support.images,
-                labels=images.support.labels,
-                query=images.query.images,
-                steps=images.steps,
-                lr=images.lr,
-            )
-        )
+    data, strict = await _body(request)
+    task, steps, lr = _task(spec, data, strict)
+    record = await run_in_threadpool(
+        lambda: controller.adapt(controller.job_source(job_id), task, steps=steps, lr=lr)
+    )
+    response.headers["Location"] = f"/v1/adaptations/{record.id}"
+    return record
+
+
+@router.post(
+    "/v1/adaptations",
+    status_code=status.HTTP_201_CREATED,
+    response_model=AdaptationPublic,
+    openapi_extra=_MODEL_OPENAPI,
+    responses={404: {"description": "No such registered model, version or alias"}},
+)
+async def create_model_adaptation(
+    request: Request, controller: ControllerDep, response: Response
+) -> AdaptationPublic:
+    """Adapt a registered model's φ (MLflow model registry) to the support set: the body of a
+    job adaptation plus `model`. It outlives the job that trained it."""
+    data, strict = await _body(request)
+    model = _validated(ModelAdaptationCreate, data, strict).model
+    source = await run_in_threadpool(controller.model_source, model)
+    task, steps, lr = _task(source.spec, {k: v for k, v in data.items() if k != "model"}, strict)
+    record = await run_in_threadpool(lambda: controller.adapt(source, task, steps=steps, lr=lr))
     response.headers["Location"] = f"/v1/adaptations/{record.id}"
     return record
 

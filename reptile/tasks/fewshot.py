@@ -84,6 +84,17 @@ def _class_members(path: str, classes: tuple[int, ...]) -> tuple[Tensor, ...]:
     return tuple(torch.nonzero(labels == c).flatten() for c in classes)
 
 
+def fewshot_model(ways: int, channels: int, image_size: int) -> nn.Module:
+    """Conv4 for `ways` classes; a function of the image geometry alone, so a registered model
+    is rebuilt without its data set."""
+    filters = 64 if image_size <= 28 else 32  # the paper's Omniglot / Mini-ImageNet widths
+    return Conv4(ways, channels, image_size, filters)
+
+
+def fewshot_loss(predictions: Tensor, targets: Tensor) -> Tensor:
+    return F.cross_entropy(predictions, targets)
+
+
 @dataclass(frozen=True)
 class FewShotFamily:
     """`ways`-way classification tasks over the classes of one split of a prepared image set.
@@ -195,11 +206,10 @@ class FewShotFamily:
         return int(load_images(self.dataset).images.shape[-1])
 
     def make_model(self) -> nn.Module:
-        filters = 64 if self.image_size <= 28 else 32  # the paper's Omniglot / Mini-ImageNet widths
-        return Conv4(self.ways, self.channels, self.image_size, filters)
+        return fewshot_model(self.ways, self.channels, self.image_size)
 
     def loss(self, predictions: Tensor, targets: Tensor) -> Tensor:
-        return F.cross_entropy(predictions, targets)
+        return fewshot_loss(predictions, targets)
 
     def sample_task(self, seed: int) -> Task:
         images = self._draw(torch.Generator().manual_seed(seed), self.shots)

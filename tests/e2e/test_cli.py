@@ -33,6 +33,7 @@ def test_train_runs_a_yaml_job_and_logs_it(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "12/12" in result.stderr  # the progress bar reached the end
     assert "meta-weights:" in result.stdout and "MLflow run:" in result.stdout
+    assert "registered model: models:/reptile-sine/1" in result.stdout
     phi = load_file(tmp_path / "phi.safetensors")
     assert phi["0.weight"].shape == (64, 1)
 

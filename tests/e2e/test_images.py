@@ -164,6 +164,14 @@ def test_image_adaptation_json_and_multipart(server: Server, trained: dict[str, 
         assert response.status_code == 201, response.text
         assert [p["label"] for p in response.json()["predictions"]] == ["gamma", "alpha", "beta"]
 
+        # the job's registered model, adapted through the same multipart form
+        model = {**form, "model": "models:/reptile-omniglot@latest"}
+        from_model = client.post("/v1/adaptations", files=files, data=model)
+        assert from_model.status_code == 201, from_model.text
+        mlflow = trained["mlflow"]
+        assert isinstance(mlflow, dict) and from_model.json()["model"] == mlflow["model_uri"]
+        assert from_model.json()["predictions"] == response.json()["predictions"]
+
 
 def test_bad_image_adaptations_get_a_4xx(server: Server, trained: dict[str, object]) -> None:
     job_id = trained["id"]

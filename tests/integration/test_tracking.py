@@ -77,8 +77,14 @@ def test_buffers_while_the_server_is_down_and_flushes_when_it_returns(tmp_path: 
     tracker = _tracker(uri, tmp_path, None)
     for step in range(1, 6):
         tracker.log_metrics({"meta_loss_after": float(step)}, step=step)
+
+    def save(directory: Path) -> None:  # any directory registers; the pyfunc is tested elsewhere
+        directory.mkdir()
+        (directory / "MLmodel").write_text("flavors: {}")
+
+    tracker.register_model("outage-model", save, tags={"eval": "0.5"}, description="after")
     wait_until(lambda: tracker.degraded, 30, "the tracker to report degraded tracking")
-    assert tracker.run is None and tracker.last_error
+    assert tracker.run is None and tracker.last_error and tracker.model is None
     server = MlflowServer(tmp_path / "server", port)
     try:
         server.start()
@@ -86,5 +92,8 @@ def test_buffers_while_the_server_is_down_and_flushes_when_it_returns(tmp_path: 
         assert not tracker.degraded and tracker.run is not None
         history = MlflowClient(uri).get_metric_history(tracker.run.run_id, "meta_loss_after")
         assert [m.step for m in history] == [1, 2, 3, 4, 5]
+        assert tracker.model is not None and tracker.model.uri == "models:/outage-model/1"
+        version = MlflowClient(uri).get_model_version("outage-model", "1")
+        assert version.run_id == tracker.run.run_id and version.tags == {"eval": "0.5"}
     finally:
         server.stop()
