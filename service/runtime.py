@@ -49,6 +49,7 @@ def make_pool(settings: Settings, spec: AnyJobSpec, dataset: str | None) -> Work
         task_options=spec.task_options(dataset),
         num_workers=spec.num_workers,
         round_timeout_s=settings.round_timeout_s,
+        start_timeout_s=settings.actor_start_timeout_s,
         chunk_retries=settings.chunk_retries,
     )
 
