@@ -56,6 +56,7 @@ def make_pool(settings: Settings, spec: AnyJobSpec, dataset: str | None) -> Work
         num_workers=spec.num_workers,
         num_gpus=spec.gpus_per_worker,
         round_timeout_s=settings.round_timeout_s,
+        start_timeout_s=settings.actor_start_timeout_s,
         chunk_retries=settings.chunk_retries,
     )
 

@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     )
     max_concurrent_jobs: int = Field(default=2, ge=1, description="Jobs training at once")
     round_timeout_s: float = Field(default=300.0, gt=0, description="Per-round wait for workers")
+    actor_start_timeout_s: float = Field(
+        default=300.0, gt=0, description="Wait for a new actor to start, on top of a round's"
+    )
     chunk_retries: int = Field(default=2, ge=0, description="Re-runs of a failed chunk")
     auto_resume: bool = Field(
         default=True, description="Resume interrupted jobs from their checkpoint at start-up"

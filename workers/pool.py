@@ -2,8 +2,9 @@
 
 The only module that knows Ray's actor API. A round puts φ in the object store once, gives each
 actor one contiguous chunk of the round's seeds, waits with a deadline, re-runs a failed or late
-chunk on a fresh actor, and sums the chunks' deltas in chunk order. Actors are spread over the
-cluster's nodes, and the pool remembers which nodes ran its chunks.
+chunk on a fresh actor, and sums the chunks' deltas in chunk order. An actor's start-up (torch,
+data) is never charged to a round's deadline: it has a deadline of its own. Actors are spread
+over the cluster's nodes, and the pool remembers which nodes ran its chunks.
 """
 
 import logging
@@ -60,6 +61,7 @@ class WorkerPool:
         task_options: dict[str, Any],
         num_workers: int,
         round_timeout_s: float = 300.0,
+        start_timeout_s: float = 300.0,
         chunk_retries: int = 2,
         num_cpus: float = 1.0,
         num_gpus: float = 0.0,
@@ -74,9 +76,17 @@ class WorkerPool:
         )
         self._init_args = (task, task_options, "cuda" if num_gpus else "cpu")
         self._round_timeout_s = round_timeout_s
+        self._start_timeout_s = start_timeout_s
         self._chunk_retries = chunk_retries
         self.actors = [self._new_actor() for _ in range(num_workers)]
         self.node_ids: set[str] = set()  # the Ray nodes that have run this pool's chunks
+        try:
+            ray.get([actor.pid.remote() for actor in self.actors], timeout=start_timeout_s)
+        except (RayError, GetTimeoutError) as error:
+            self.shutdown()
+            raise PoolError(
+                f"the workers did not start within {start_timeout_s:g}s: {error}"
+            ) from error
 
     def _new_actor(self) -> Any:
         return self._remote.remote(*self._init_args)
@@ -92,21 +102,26 @@ class WorkerPool:
         phi_ref = ray.put(to_numpy(phi))  # once per round; actors read it zero-copy
         chunks = split(seeds, len(self.actors))
         results: list[ChunkOutput | None] = [None] * len(chunks)
-        pending: dict[Any, tuple[int, int]] = {}  # ref -> (chunk index, attempt)
+        pending: dict[Any, tuple[int, int, float]] = {}  # ref -> (chunk, attempt, deadline)
 
-        def submit(index: int, attempt: int, actor: Any) -> None:
-            pending[actor.run_chunk.remote(phi_ref, chunks[index], inner)] = (index, attempt)
+        def submit(index: int, attempt: int, actor: Any, allowance: float = 0.0) -> None:
+            deadline = time.monotonic() + allowance + self._round_timeout_s
+            pending[actor.run_chunk.remote(phi_ref, chunks[index], inner)] = (
+                index,
+                attempt,
+                deadline,
+            )
 
         for index in range(len(chunks)):
             submit(index, 0, self.actors[index])
-        deadline = time.monotonic() + self._round_timeout_s
         while pending:
-            timeout = max(0.0, deadline - time.monotonic())
+            first_deadline = min(deadline for _, _, deadline in pending.values())
+            timeout = max(0.0, first_deadline - time.monotonic())
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=timeout)
-            if not ready:  # the deadline passed: every chunk still out is retried
-                ready = list(pending)
-            for ref in ready:
-                index, attempt = pending.pop(ref)
+            now = time.monotonic()
+            late = [ref for ref, (_, _, deadline) in pending.items() if deadline <= now]
+            for ref in dict.fromkeys(ready + late):  # a late chunk's get fails: it is retried
+                index, attempt, _ = pending.pop(ref)
                 try:
                     results[index] = ray.get(ref, timeout=0)
                 except (RayError, GetTimeoutError) as error:
@@ -115,8 +130,8 @@ class WorkerPool:
                             f"chunk {index} of the round failed {attempt + 1} times: {error}"
                         ) from error
                     log.warning("chunk %d failed (%s); retrying on a fresh actor", index, error)
-                    submit(index, attempt + 1, self._replace(index))
-                    deadline = time.monotonic() + self._round_timeout_s
+                    # a fresh actor first has to start: that time is not the chunk's
+                    submit(index, attempt + 1, self._replace(index), self._start_timeout_s)
         outputs = [r for r in results if r is not None]
         self.node_ids.update(o.node_id for o in outputs)
         return RoundOutput(
