@@ -125,16 +125,35 @@ class ImageAdaptationCreate(_AdaptationOptions):
     query: ImageQuery = ImageQuery()
 
 
-class ModelAdaptationCreate(BaseModel):
-    """`POST /v1/adaptations`: a job adaptation's body plus the registered model to adapt."""
-
-    model: str = Field(
+ModelUri = Annotated[
+    str,
+    Field(
         max_length=300,
         pattern=MODEL_URI_PATTERN,
         description="models:/<name>@<alias> (@latest: the newest version) or "
         "models:/<name>/<version>",
         examples=["models:/reptile-sine@latest"],
-    )
+    ),
+]
+
+
+class ModelAdaptationCreate(BaseModel):
+    """`POST /v1/adaptations`: the registered model to adapt (read before the rest of the body,
+    whose form depends on the model's task family)."""
+
+    model: ModelUri
+
+
+class SineModelAdaptationCreate(SineAdaptationCreate):
+    """`POST /v1/adaptations` to a sine model: a sine job adaptation's body plus `model`."""
+
+    model: ModelUri
+
+
+class ImageModelAdaptationCreate(ImageAdaptationCreate):
+    """`POST /v1/adaptations` to an image model: an image job adaptation's body plus `model`."""
+
+    model: ModelUri
 
 
 class WeightsJSON(BaseModel):

@@ -26,8 +26,10 @@ from api.schemas import (
     MAX_SUPPORT_IMAGES,
     AdaptationPublic,
     ImageAdaptationCreate,
+    ImageModelAdaptationCreate,
     ModelAdaptationCreate,
     SineAdaptationCreate,
+    SineModelAdaptationCreate,
 )
 from service.adaptation import Images, Points
 from service.specs import AnyJobSpec, SineJobSpec
@@ -39,10 +41,10 @@ _BODY_SCHEMA = TypeAdapter(SineAdaptationCreate | ImageAdaptationCreate).json_sc
 )
 # The body is parsed by hand (JSON or multipart), so its models are added to the OpenAPI
 # components by `api.main`.
-SCHEMA_COMPONENTS: dict[str, Any] = {
-    **_BODY_SCHEMA["$defs"],
-    "ModelAdaptationCreate": ModelAdaptationCreate.model_json_schema(),
-}
+_MODEL_BODY_SCHEMA = TypeAdapter(
+    SineModelAdaptationCreate | ImageModelAdaptationCreate
+).json_schema(ref_template="#/components/schemas/{model}")
+SCHEMA_COMPONENTS: dict[str, Any] = {**_BODY_SCHEMA["$defs"], **_MODEL_BODY_SCHEMA["$defs"]}
 _FORM_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["support", "labels"],
@@ -78,12 +80,7 @@ def _openapi(json_schema: dict[str, Any], form_schema: dict[str, Any]) -> dict[s
 
 _JOB_OPENAPI = _openapi({"anyOf": _BODY_SCHEMA["anyOf"]}, _FORM_SCHEMA)
 _MODEL_OPENAPI = _openapi(
-    {
-        "allOf": [
-            {"$ref": "#/components/schemas/ModelAdaptationCreate"},
-            {"anyOf": _BODY_SCHEMA["anyOf"]},
-        ]
-    },
+    {"anyOf": _MODEL_BODY_SCHEMA["anyOf"]},
     {
         **_FORM_SCHEMA,
         "required": ["model", *_FORM_SCHEMA["required"]],
