@@ -41,5 +41,6 @@ system-packages:
 		echo "missing$$missing (needs root and apt-get): the tests that need them skip"; \
 	fi
 
+# Plain `pytest` leaves out the fault and cluster suites (a few minutes each); this runs them too.
 test: lint system-packages
-	$(BIN)/pytest
+	$(BIN)/pytest -o addopts=-ra

@@ -32,14 +32,50 @@ WINDOW = (1400, 1000)
 
 
 @pytest.fixture(scope="module")
-def ui_url() -> str:
-    return f"http://127.0.0.1:{free_port()}"
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return Path(tmp_path_factory.mktemp("ui"))
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, ui_url: str) -> Iterator[Server]:
+def mlflow_ui(data_dir: Path) -> Iterator[str]:
+    """`mlflow server` (one worker) on the service's SQLite store and artifact folder.
+
+    Started before the service: its port, picked free, is bound at once, before Ray's many
+    processes take ephemeral ports of their own.
+    """
+    url = f"http://127.0.0.1:{free_port()}"
+    command = [
+        *(sys.executable, "-m", "mlflow", "server", "--workers", "1"),
+        *("--backend-store-uri", f"sqlite:///{data_dir / 'mlflow.db'}"),
+        *("--default-artifact-root", (data_dir / "mlartifacts").as_uri()),
+        *("--host", "127.0.0.1", "--port", url.rsplit(":", 1)[1]),
+    ]
+    log = (data_dir / "mlflow-ui.log").open("wb")
+    process = subprocess.Popen(
+        command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+
+    def healthy() -> bool:
+        assert process.poll() is None, (data_dir / "mlflow-ui.log").read_text()
+        try:
+            return httpx.get(f"{url}/health", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_until(healthy, 300, "the MLflow UI to start", every=1)
+        yield url
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)  # the server and its uvicorn worker
+        process.wait(timeout=60)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def server(data_dir: Path, mlflow_ui: str) -> Iterator[Server]:
     """The service, told where the MLflow UI is so that job records link to it."""
-    running = start_server(Path(tmp_path_factory.mktemp("ui")), REPTILE_MLFLOW_UI_URL=ui_url)
+    running = start_server(data_dir, REPTILE_MLFLOW_UI_URL=mlflow_ui)
+    assert running.tracking_uri == f"sqlite:///{data_dir / 'mlflow.db'}"  # the UI's store
     yield running
     running.stop()
 
@@ -51,36 +87,6 @@ def finished(server: Server) -> JobRecord:
         record = client.wait(job.id, timeout=300)
     assert record.state == JobState.succeeded, record.error
     return record
-
-
-@pytest.fixture(scope="module")
-def mlflow_ui(server: Server, ui_url: str) -> Iterator[str]:
-    """`mlflow server` (one worker) on the service's SQLite store and artifact folder."""
-    command = [
-        *(sys.executable, "-m", "mlflow", "server", "--workers", "1"),
-        *("--backend-store-uri", server.tracking_uri),
-        *("--default-artifact-root", (server.data_dir / "mlartifacts").as_uri()),
-        *("--host", "127.0.0.1", "--port", ui_url.rsplit(":", 1)[1]),
-    ]
-    log = (server.data_dir / "mlflow-ui.log").open("wb")
-    process = subprocess.Popen(
-        command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-    )
-
-    def healthy() -> bool:
-        assert process.poll() is None, (server.data_dir / "mlflow-ui.log").read_text()
-        try:
-            return httpx.get(f"{ui_url}/health", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    try:
-        wait_until(healthy, 300, "the MLflow UI to start", every=1)
-        yield ui_url
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)  # the server and its uvicorn worker
-        process.wait(timeout=60)
-        log.close()
 
 
 def _chromium(url: str, profile: Path, *args: str) -> str:
