@@ -51,6 +51,10 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
         **json_response("The service is at one of its limits; retry after Retry-After seconds"),
         "headers": {"Retry-After": {"schema": {"type": "integer"}}},
     },
+    503: json_response(
+        "The service cannot serve this now: its disk is full, or the MLflow model registry "
+        "is unreachable"
+    ),
 }
 
 

@@ -37,7 +37,8 @@ from service.specs import JobSpec, SineJobSpec, registered_model_name
 from service.tracking import Tracker
 from service.weights import read_weights, write_weights
 
-MODEL_URI_PATTERN = r"^models:/(?P<name>[^/@:]+)(?:/(?P<version>[0-9]+)|@(?P<alias>[\w-]+))$"
+# versions count from 1; nine digits keep a version within the stores' integer columns
+MODEL_URI_PATTERN = r"^models:/(?P<name>[^/@:]+)(?:/(?P<version>[0-9]{1,9})|@(?P<alias>[\w-]+))$"
 _NOT_FOUND = ErrorCode.Name(RESOURCE_DOES_NOT_EXIST)
 _ENTRY_POINT = Path(__file__).with_name("registry_model.py")  # models-from-code: set_model(…)
 _OPTIONS = [
