@@ -140,8 +140,9 @@ class Controller:
             except OSError as error:
                 raise Unavailable(f"cannot store the job: {error}") from error
             self._records[job_id] = record
+            accepted = record.model_copy(deep=True)  # as queued, before its thread can start it
             self._enqueue(job_id)
-        return self.get(job_id)
+        return accepted
 
     def get(self, job_id: str) -> JobRecord:
         with self._lock:
@@ -179,8 +180,9 @@ class Controller:
                 read_checkpoint(self.store.checkpoint_path(job_id))
             self._check_capacity()
             self._update(job_id, state=JobState.queued, error=None, finished_at=None)
+            accepted = self.get(job_id)  # as queued, before its thread can start it
             self._enqueue(job_id)
-        return self.get(job_id)
+        return accepted
 
     def _check_capacity(self) -> None:
         """Refuse one more queued job once `max_pending_jobs` are queued or running."""
