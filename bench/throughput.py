@@ -7,8 +7,9 @@ tasks:
 
 1. serial: `reptile.serial.train_serial`, one task at a time (nn.Module + torch.optim);
 2. vectorised: `reptile.inner.run_tasks` on all tasks of a round at once, in this process, as
-   the actors run it (mode `vmap`: one vmapped loop over the tasks, or `loop`: task by task,
-   whichever the family uses), and again in the other mode for comparison;
+   the actors run it, in the family's batching mode (`stacked`: a model that takes weights
+   stacked over tasks; `vmap`: `torch.func.vmap` over the tasks; `loop`: task by task), and
+   again in each other mode the family's model supports, for comparison;
 3. service: `service.trainer.MetaTrainer` driving a `workers.pool.WorkerPool` on a local Ray and
    logging to MLflow through `service.tracking.Tracker` (wired by `service.runtime`), with 1 and
    2 actors.
@@ -34,6 +35,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import get_args
 
 import matplotlib
 
@@ -44,11 +46,12 @@ from mlflow import MlflowClient  # noqa: E402
 from mlflow.entities import Metric, Param  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from reptile.inner import run_tasks  # noqa: E402
+from reptile.inner import chunk_step, run_tasks  # noqa: E402
 from reptile.meta import MetaOptimizer, epsilon  # noqa: E402
 from reptile.params import init_params, scale  # noqa: E402
 from reptile.serial import train_serial  # noqa: E402
 from reptile.tasks import TaskFamily, make_family, task_seeds  # noqa: E402
+from reptile.tasks.base import Batching  # noqa: E402
 from service.runtime import make_pool, make_tracker, prepare_dataset  # noqa: E402
 from service.settings import Settings  # noqa: E402
 from service.specs import AnyJobSpec, OmniglotJobSpec, SineJobSpec  # noqa: E402
@@ -73,6 +76,7 @@ class Effort:
     tasks: int
     min_rounds: int
     max_rounds: int
+    compiled_sizes: tuple[int, ...] = ()  # also measured with `compile_inner_loop`
 
     def rounds(self, meta_batch_size: int) -> int:
         return min(self.max_rounds, max(self.min_rounds, self.tasks // meta_batch_size))
@@ -95,8 +99,20 @@ WORKLOADS = {
         SineJobSpec(
             name="bench-sine", meta_batch_size=32, inner_steps=5, eval_every=0, eval_tasks=1
         ),
-        quick=Effort((1, 4, 16, 32, 64, 256), tasks=1024, min_rounds=4, max_rounds=48),
-        full=Effort(tuple(2**i for i in range(9)), tasks=8192, min_rounds=10, max_rounds=400),
+        quick=Effort(
+            (1, 4, 16, 32, 64, 128, 256),
+            tasks=1024,
+            min_rounds=4,
+            max_rounds=48,
+            compiled_sizes=(32, 128),
+        ),
+        full=Effort(
+            tuple(2**i for i in range(9)),
+            tasks=8192,
+            min_rounds=10,
+            max_rounds=400,
+            compiled_sizes=(32, 128),
+        ),
     ),
     # A round of 32 Conv4 tasks takes seconds on one core: one meta-batch size, few rounds.
     "omniglot": Workload(
@@ -129,7 +145,7 @@ class Measurement:
     overhead: float  # the rest of the rounds: Ray dispatch and gather, the meta-update
     logging: float  # between rounds: metrics to the tracker, bookkeeping
     peak_rss_bytes: list[int] = field(default_factory=list)  # per actor, so far
-    mode: str = "-"  # how `run_tasks` ran a chunk: "vmap" or "loop" (serial: "-")
+    mode: str = "-"  # how `run_tasks` batched a chunk's tasks, `Batching` (serial: "-")
 
     @property
     def tasks_per_s(self) -> float:
@@ -148,18 +164,21 @@ class WorkloadResult:
     name: str
     spec: AnyJobSpec
     serial: Measurement
-    other_mode: Measurement  # vectorised in the mode the family does not use, table size only
+    other_modes: list[Measurement]  # vectorised in the modes the family does not use
     scaling: list[Measurement]  # vectorised and service, every meta-batch size and actor count
+    compiled: list[Measurement]  # the same with `compile_inner_loop`, at `compiled_sizes`
     flops: dict[str, float]  # per task: "serial" (the inner loop), "vectorised" (+ scoring)
 
     def gflops(self, m: Measurement) -> float:
         """The path's arithmetic rate: its FLOPs per task times tasks/s (service: as vectorised)."""
         return self.flops["serial" if m.path == "serial" else "vectorised"] * m.tasks_per_s / 1e9
 
-    def at(self, path: str, actors: int, meta_batch_size: int) -> Measurement:
+    def at(
+        self, path: str, actors: int, meta_batch_size: int, compiled: bool = False
+    ) -> Measurement:
         return next(
             m
-            for m in self.scaling
+            for m in (self.compiled if compiled else self.scaling)
             if (m.path, m.actors, m.meta_batch_size) == (path, actors, meta_batch_size)
         )
 
@@ -170,8 +189,9 @@ class WorkloadResult:
     def side_by_side(self) -> list[Measurement]:
         """The table's rows: every path at the spec's meta-batch size."""
         size = self.spec.meta_batch_size
-        rows = [self.serial, self.at("vectorised", 0, size), self.other_mode]
-        return rows + [self.at("service", n, size) for n in ACTORS]
+        rows = [self.serial, self.at("vectorised", 0, size), *self.other_modes]
+        rows += [self.at("service", n, size) for n in ACTORS]
+        return rows + [m for m in self.compiled if m.meta_batch_size == size]
 
     def overhead_below_bar_from(self, actors: int) -> int | None:
         """The smallest meta-batch size from which the service's overhead stays under the bar."""
@@ -209,8 +229,18 @@ def measure_serial(family: TaskFamily, spec: AnyJobSpec) -> Measurement:
     return Measurement("serial", 0, spec.meta_batch_size, spec.rounds, seconds, seconds, 0.0, 0.0)
 
 
-def mode(family: TaskFamily) -> str:
-    return "vmap" if family.vmap_tasks else "loop"
+def other_families(spec: AnyJobSpec, dataset: str | None, used: Batching) -> list[TaskFamily]:
+    """The family of `spec` in every other batching mode its model supports."""
+    families = []
+    for batching in get_args(Batching):
+        if batching != used:
+            try:
+                families.append(
+                    make_family(spec.task, **spec.task_options(dataset), batching=batching)
+                )
+            except ValueError:  # e.g. Conv4 cannot take stacked weights
+                continue
+    return families
 
 
 def matmul_gflops(threads: int, size: int = 2048, repeats: int = 5) -> float:
@@ -230,7 +260,7 @@ def matmul_gflops(threads: int, size: int = 2048, repeats: int = 5) -> float:
 
 def flops_per_task(family: TaskFamily, spec: AnyJobSpec) -> dict[str, float]:
     """FLOPs of one task on the serial path (its inner loop) and in `run_tasks` (the inner loop,
-    then the losses of φ and W_i on the task's points), counted by running each once."""
+    then the loss of W_i on its first mini-batch), counted by running each once."""
     with FlopCounterMode(display=False) as serial:
         train_serial(family, sized(spec, 1, 1).meta_config(), spec.seed)
     model = family.make_model()
@@ -240,19 +270,26 @@ def flops_per_task(family: TaskFamily, spec: AnyJobSpec) -> dict[str, float]:
     return {"serial": serial.get_total_flops(), "vectorised": vectorised.get_total_flops()}
 
 
+def label(family: TaskFamily, spec: AnyJobSpec) -> str:
+    """How a chunk runs: the family's batching, "+c" when the inner step is compiled."""
+    return family.batching + ("+c" if spec.compile_inner_loop else "")
+
+
 def measure_vectorised(family: TaskFamily, spec: AnyJobSpec) -> Measurement:
     """The same rounds with every round's tasks adapted at once by `run_tasks`, in-process."""
     model = family.make_model()
     config = spec.meta_config()
     meta = MetaOptimizer(init_params(model, spec.seed), config.outer_optimizer)
-    # First-call costs only: one task (a whole Omniglot round would take seconds)
-    run_tasks(family, model, meta.phi, task_seeds(spec.seed, 0, 1), config.inner)
+    step = chunk_step(family, model, config.inner)  # as an actor keeps it
+    # First-call costs (and compiling) only: two tasks (a whole Omniglot round would take
+    # seconds; a one-task chunk would compile a graph of its own)
+    run_tasks(family, model, meta.phi, task_seeds(spec.seed, 0, 2), config.inner, step=step)
     compute = 0.0
     started = time.perf_counter()
     for round_index in range(config.rounds):
         seeds = task_seeds(spec.seed, round_index, spec.meta_batch_size)
         inner_started = time.perf_counter()
-        result = run_tasks(family, model, meta.phi, seeds, config.inner)
+        result = run_tasks(family, model, meta.phi, seeds, config.inner, step=step)
         compute += time.perf_counter() - inner_started
         meta.step(scale(result.delta_sum, 1 / result.count), epsilon(round_index, config))
     seconds = time.perf_counter() - started
@@ -265,7 +302,7 @@ def measure_vectorised(family: TaskFamily, spec: AnyJobSpec) -> Measurement:
         compute,
         seconds - compute,
         0.0,
-        mode=mode(family),
+        mode=label(family, spec),
     )
 
 
@@ -316,7 +353,7 @@ def measure_service(
 
 
 def run_workload(name: str, spec: AnyJobSpec, settings: Settings, effort: Effort) -> WorkloadResult:
-    """Serial and the other mode at the spec's meta-batch size; vectorised and service at every
+    """Serial and the other modes at the spec's meta-batch size; vectorised and service at every
     size.
 
     The paths of one meta-batch size run back to back, the table's size first, so that a
@@ -324,25 +361,32 @@ def run_workload(name: str, spec: AnyJobSpec, settings: Settings, effort: Effort
     """
     dataset = prepare_dataset(settings, spec)
     family = make_family(spec.task, **spec.task_options(dataset))
-    switched = make_family(
-        spec.task, **spec.task_options(dataset), vmap_tasks=not family.vmap_tasks
-    )
     pools = {n: make_pool(settings, sized(spec, 1, 1, num_workers=n), dataset) for n in ACTORS}
     try:
         phi = init_params(family.make_model(), spec.seed)
         for n, pool in pools.items():  # a task per actor, untimed, starts and warms them up
             pool.run_round(phi, task_seeds(spec.seed, 0, n), spec.inner_config())
 
-        def measure(size: int) -> list[Measurement]:
+        def measure(size: int, compiled: bool = False) -> list[Measurement]:
             rounds = effort.rounds(size)
-            vectorised = measure_vectorised(family, sized(spec, size, rounds))
+            timed = sized(spec, size, rounds, compile_inner_loop=compiled)
+            vectorised = measure_vectorised(family, timed)
+            if compiled:  # each actor compiles its step before the timing, as in a long job
+                for n, pool in pools.items():
+                    pool.run_round(phi, task_seeds(spec.seed, 0, 2 * n), timed.inner_config())
             services = [
                 measure_service(  # + the last round (evaluation and checkpoint), not timed
                     settings,
                     pools[n],
-                    sized(spec, size, rounds + 1, num_workers=n, name=f"{spec.name}-{n}x-mb{size}"),
+                    sized(
+                        timed,
+                        size,
+                        rounds + 1,
+                        num_workers=n,
+                        name=f"{spec.name}-{n}x-mb{size}" + ("-compiled" if compiled else ""),
+                    ),
                     dataset,
-                    mode(family),
+                    label(family, timed),
                 )
                 for n in ACTORS
             ]
@@ -351,14 +395,19 @@ def run_workload(name: str, spec: AnyJobSpec, settings: Settings, effort: Effort
         size = spec.meta_batch_size
         serial = measure_serial(family, sized(spec, size, effort.rounds(size)))
         scaling = measure(size)
-        other_mode = measure_vectorised(switched, sized(spec, size, effort.rounds(size)))
+        other_modes = [
+            measure_vectorised(other, sized(spec, size, effort.rounds(size)))
+            for other in other_families(spec, dataset, family.batching)
+        ]
         for extra in effort.meta_batch_sizes:
             if extra != size:
                 scaling += measure(extra)
+        compiled = [m for extra in effort.compiled_sizes for m in measure(extra, compiled=True)]
     finally:
         for pool in pools.values():
             pool.shutdown()
-    return WorkloadResult(name, spec, serial, other_mode, scaling, flops_per_task(family, spec))
+    flops = flops_per_task(family, spec)
+    return WorkloadResult(name, spec, serial, other_modes, scaling, compiled, flops)
 
 
 def print_tables(result: WorkloadResult, roofline: float) -> None:
@@ -374,13 +423,13 @@ def print_tables(result: WorkloadResult, roofline: float) -> None:
     )
     header = ("path", "actors", "mode", "tasks/s", "×serial", "ms/round", "compute", "overhead")
     header += ("logging", "GFLOP/s", "% roof")
-    print(f"{header[0]:<12}{header[1]:>7}{header[2]:>6}", end="")
+    print(f"{header[0]:<12}{header[1]:>7}{header[2]:>9}", end="")
     print("".join(f"{h:>10}" for h in header[3:]) + f"{'peak RSS/actor':>18}")
     for m in result.side_by_side():
         rss = " ".join(f"{b / MIB:.0f}" for b in m.peak_rss_bytes) + " MiB" if m.actors else "-"
         gflops = result.gflops(m)
         print(
-            f"{m.path:<12}{m.actors or '-':>7}{m.mode:>6}{m.tasks_per_s:>10.1f}"
+            f"{m.path:<12}{m.actors or '-':>7}{m.mode:>9}{m.tasks_per_s:>10.1f}"
             f"{m.tasks_per_s / serial.tasks_per_s:>10.2f}{m.per_round_ms(m.seconds):>10.2f}"
             f"{m.per_round_ms(m.compute):>10.2f}{m.per_round_ms(m.overhead):>10.2f}"
             f"{m.per_round_ms(m.logging):>10.2f}{gflops:>10.1f}"
@@ -396,17 +445,23 @@ def print_tables(result: WorkloadResult, roofline: float) -> None:
     def rate(m: Measurement) -> str:
         return f"{m.tasks_per_s:.0f} ({m.tasks_per_s / serial.tasks_per_s:.1f}×)"
 
-    for size in result.meta_batch_sizes:
-        line = f"{size:>10}{rate(result.at('vectorised', 0, size)):>18}"
-        for n in ACTORS:
-            service = result.at("service", n, size)
-            line += f"{rate(service):>20}{100 * service.overhead_fraction:>9.1f}%"
-        print(line)
+    def rows(sizes: list[int], compiled: bool) -> None:
+        for size in sizes:
+            line = f"{size:>10}{rate(result.at('vectorised', 0, size, compiled)):>18}"
+            for n in ACTORS:
+                service = result.at("service", n, size, compiled)
+                line += f"{rate(service):>20}{100 * service.overhead_fraction:>9.1f}%"
+            print(line)
+
+    rows(result.meta_batch_sizes, compiled=False)
     largest = result.meta_batch_sizes[-1]
     for n in ACTORS:
         below = result.overhead_below_bar_from(n)
         where = f"from meta-batch {below} on" if below else f"at no meta-batch size up to {largest}"
         print(f"overhead below {OVERHEAD_BAR:.0%} with {actors_label(n)}: {where}")
+    if result.compiled:
+        print("the same with compile_inner_loop (each actor compiled its step before the timing)")
+        rows(sorted({m.meta_batch_size for m in result.compiled}), compiled=True)
 
 
 def scaling_png(result: WorkloadResult) -> bytes:
@@ -438,15 +493,20 @@ def scaling_png(result: WorkloadResult) -> bytes:
 
 def summary(result: WorkloadResult) -> dict[str, object]:
     """The numbers the issue tracks, plus the whole scaling curve."""
-    serial, vectorised, other_mode, *services = result.side_by_side()
-    by_actors = dict(zip(ACTORS, services, strict=True))
+    serial, vectorised = result.serial, result.at("vectorised", 0, result.spec.meta_batch_size)
+    size = result.spec.meta_batch_size
+    by_actors = {n: result.at("service", n, size) for n in ACTORS}
     return {
         "serial_tasks_per_s": serial.tasks_per_s,
         "vectorised_tasks_per_s": vectorised.tasks_per_s,
-        f"vectorised_{other_mode.mode}_tasks_per_s": other_mode.tasks_per_s,
+        **{f"vectorised_{m.mode}_tasks_per_s": m.tasks_per_s for m in result.other_modes},
         "service_tasks_per_s": by_actors[2].tasks_per_s,
         "ray_overhead_fraction": by_actors[2].overhead_fraction,
         "service_1_actor_tasks_per_s": by_actors[1].tasks_per_s,
+        "compiled": {
+            f"{m.path}_{m.actors}_mb{m.meta_batch_size}_tasks_per_s": m.tasks_per_s
+            for m in result.compiled
+        },
         "gflops": result.gflops(vectorised),  # in this process, on one thread
         "flops_per_task": result.flops,
         "overhead_below_10pct_from": {n: result.overhead_below_bar_from(n) for n in ACTORS},

@@ -2,18 +2,19 @@
 
 Written functionally over a `Params` dict (`torch.func.functional_call`), so φ is never mutated.
 `adapt` runs one task (evaluation, adaptation); `adapt_tasks` runs a whole chunk of tasks at
-once: the tasks of a family share their shapes, so their points and mini-batches stack along a
-leading task dimension, the loss is `vmap`ped over it, and each inner step is one batched
-forward and backward pass, whatever the model. Both run the same loop (`descend`): per step, one
-gradient (autograd on the summed loss: tasks are independent, so each gets its own gradient) and
-one update rule (`inner_update`). Optimiser state (Adam's moments) starts from zero for every
-task and never carries over.
+once: the tasks of a family share their shapes, so their points, mini-batches and weights stack
+along a leading task dimension, and each inner step is one batched forward and backward pass.
+Both run the same loop (`descend`): per step, one gradient (autograd on the summed loss: tasks
+are independent, so each gets its own gradient) and one update rule (`inner_update`). Optimiser
+state (Adam's moments) starts from zero for every task and never carries over.
 
-`run_tasks`, what a worker runs, uses `adapt_tasks` for the families that ask for it
-(`vmap_tasks`: the sine MLP, where per-task Python overhead is most of the time) and `descend`
-task after task for the others (Conv4: `vmap`'s batching rules for convolution, batch norm and
-max-pooling over a task dimension copy the stacked activations and ran 2× slower than a loop
-over tasks on CPU, bench/throughput.py).
+`run_tasks`, what a worker runs, batches a chunk's tasks as its family says (`batching`):
+- "stacked": the model's layers take weights stacked over tasks themselves (the sine MLP: one
+  `baddbmm` per layer; per-op overhead dominates such a tiny model, and `vmap`'s added ~1.5×);
+- "vmap": `torch.func.vmap` of the one-task loss over the tasks, for any model;
+- "loop": `descend` task after task (Conv4: `vmap`'s batching rules for convolution, batch norm
+  and max-pooling copy the stacked activations and ran 2× slower than a loop over tasks on CPU).
+bench/throughput.py measures each family's modes side by side.
 """
 
 import math
@@ -23,10 +24,10 @@ from typing import Literal
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, vmap
+from torch.func import functional_call, grad_and_value, vmap
 
 from reptile.params import Params
-from reptile.tasks.base import Task, TaskFamily
+from reptile.tasks.base import Batching, Task, TaskFamily
 
 InnerOptimizer = Literal["sgd", "adam"]
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -46,6 +47,7 @@ class InnerConfig:
     batch_size: int
     lr: float
     optimizer: InnerOptimizer = "sgd"
+    compile: bool = False  # torch.compile the step: the same weights (allclose), faster rounds
 
 
 def minibatch_indices(num_points: int, steps: int, batch_size: int, seed: int) -> Tensor:
@@ -79,29 +81,41 @@ def task_loss(model: nn.Module, params: Params, loss_fn: LossFn, task: Task) -> 
     return batch_loss(model, loss_fn)(params, task.inputs, task.targets)
 
 
-def gradient(loss: BatchLoss, weights: Params, inputs: Tensor, targets: Tensor) -> Params:
-    """The gradient of the summed loss with respect to `weights` (left untouched).
+def gradient(
+    loss: BatchLoss, weights: Params, inputs: Tensor, targets: Tensor
+) -> tuple[Params, Tensor]:
+    """The gradient of the summed loss with respect to `weights` (left untouched), and the loss.
 
-    For a loss `vmap`ped over tasks, whose weights are stacked per task, each task's loss
-    depends on its own weights only: the result is every task's own gradient, stacked.
+    For a per-task loss over weights stacked per task, each task's loss depends on its own
+    weights only: the result is every task's own gradient, stacked, and the (tasks,) losses.
+    `torch.func` rather than `torch.autograd.grad`: it ignores an outer `no_grad`, and
+    `torch.compile` traces it whole (autograd.grad would break the graph).
     """
-    leaves = {name: w.detach().requires_grad_() for name, w in weights.items()}
-    with torch.enable_grad():  # callers may hold no_grad; the inner loop needs its gradients
-        total = loss(leaves, inputs, targets).sum()
-        grads = torch.autograd.grad(total, list(leaves.values()))
-    return dict(zip(leaves, grads, strict=True))
+
+    def summed(w: Params) -> tuple[Tensor, Tensor]:
+        losses = loss(w, inputs, targets)
+        return losses.sum(), losses.detach()
+
+    grads, (_, losses) = grad_and_value(summed, has_aux=True)(weights)
+    return grads, losses
+
+
+def adam_correction(step: int) -> float:
+    """Adam's bias correction of the second moment after `step` steps (counted from 1)."""
+    return math.sqrt(1 - ADAM_BETA2**step)
 
 
 def inner_update(
     weights: Params,
     grads: Params,
     second_moment: Params,
-    step: int,
+    correction: float,
     *,
     lr: float,
     optimizer: InnerOptimizer,
 ) -> tuple[Params, Params]:
-    """One SGD or Adam step (`step` counts from 1); returns the new weights and second moment.
+    """One SGD or Adam step (`correction`: `adam_correction` of the step's number); returns the
+    new weights and second moment.
 
     The same arithmetic as `torch.optim.SGD` / `torch.optim.Adam(betas=(0, ADAM_BETA2))`,
     elementwise, so it serves one task's weights and weights stacked over tasks alike.
@@ -112,7 +126,6 @@ def inner_update(
         n: torch.addcmul(v * ADAM_BETA2, grads[n], grads[n], value=1 - ADAM_BETA2)
         for n, v in second_moment.items()
     }
-    correction = math.sqrt(1 - ADAM_BETA2**step)
     weights = {
         n: torch.addcdiv(w, grads[n], second_moment[n].sqrt() / correction + ADAM_EPS, value=-lr)
         for n, w in weights.items()
@@ -120,25 +133,43 @@ def inner_update(
     return weights, second_moment
 
 
-def descend(
-    loss: BatchLoss,
-    weights: Params,
-    batches: Iterable[tuple[Tensor, Tensor]],
-    *,
-    lr: float,
-    optimizer: InnerOptimizer,
-) -> Params:
-    """One inner step per (inputs, targets) mini-batch of `batches`; returns the final weights.
+# (weights, second moment, inputs, targets, Adam correction) -> (weights, second moment, losses)
+InnerStep = Callable[[Params, Params, Tensor, Tensor, float], tuple[Params, Params, Tensor]]
 
+
+def make_step(loss: BatchLoss, *, lr: float, optimizer: InnerOptimizer) -> InnerStep:
+    """One inner step as a pure function of tensors: what `descend` repeats, and what a worker
+    hands to `torch.compile` (compile_step), which fuses its forward, backward and update."""
+
+    def step(
+        weights: Params, second_moment: Params, inputs: Tensor, targets: Tensor, correction: float
+    ) -> tuple[Params, Params, Tensor]:
+        grads, losses = gradient(loss, weights, inputs, targets)
+        weights, second_moment = inner_update(
+            weights, grads, second_moment, correction, lr=lr, optimizer=optimizer
+        )
+        return weights, second_moment, losses
+
+    return step
+
+
+def descend(
+    step: InnerStep, weights: Params, batches: Iterable[tuple[Tensor, Tensor]]
+) -> tuple[Params, list[Tensor]]:
+    """One inner `step` per (inputs, targets) mini-batch of `batches`.
+
+    Returns the final weights and each step's loss: that of the weights the step started from,
+    on its mini-batch, which the step computes anyway (the first one scores φ for free).
     Adam's state starts from zero here, so it never carries over from another call.
     """
     second_moment = {name: torch.zeros_like(w) for name, w in weights.items()}
-    for step, (inputs, targets) in enumerate(batches, start=1):
-        grads = gradient(loss, weights, inputs, targets)
-        weights, second_moment = inner_update(
-            weights, grads, second_moment, step, lr=lr, optimizer=optimizer
+    losses = []
+    for number, (inputs, targets) in enumerate(batches, start=1):
+        weights, second_moment, step_losses = step(
+            weights, second_moment, inputs, targets, adam_correction(number)
         )
-    return weights
+        losses.append(step_losses)
+    return weights, losses
 
 
 def adapt(
@@ -155,52 +186,87 @@ def adapt(
 
     `model` only supplies the architecture; `params` are not modified.
     """
-    return descend(
-        batch_loss(model, loss_fn),
+    weights, _ = descend(
+        make_step(batch_loss(model, loss_fn), lr=lr, optimizer=optimizer),
         {name: t.detach() for name, t in params.items()},
         ((task.inputs[indices], task.targets[indices]) for indices in batches),
-        lr=lr,
-        optimizer=optimizer,
     )
+    return weights
+
+
+def tasks_loss(model: nn.Module, loss_fn: LossFn, batching: Batching) -> BatchLoss:
+    """The (tasks,) losses of weights stacked over tasks, on inputs and targets stacked alike.
+
+    "stacked": the model takes stacked weights itself (`reptile.models.StackableLinear`), so
+    only the loss is `vmap`ped; "vmap": the whole forward pass is `vmap`ped over the tasks.
+    """
+    if batching == "stacked":
+        per_task = vmap(loss_fn)
+
+        def loss(params: Params, inputs: Tensor, targets: Tensor) -> Tensor:
+            return per_task(functional_call(model, params, (inputs,)), targets)
+
+        return loss
+    if batching == "vmap":
+        return vmap(batch_loss(model, loss_fn))
+    raise ValueError(f"{batching!r} runs task by task: there is no loss over stacked tasks")
+
+
+def gather(stacked: Tensor, indices: Tensor) -> Tensor:
+    """Rows `indices[i]` of each task's `stacked[i]`: (tasks, n, …), (tasks, b) → (tasks, b, …)."""
+    rows = torch.arange(len(indices), device=indices.device).unsqueeze(1)
+    return stacked[rows, indices]
 
 
 def adapt_tasks(
-    model: nn.Module,
-    params: Params,
-    inputs: Tensor,
-    targets: Tensor,
-    *,
-    loss_fn: LossFn,
-    batches: Tensor,
-    lr: float,
-    optimizer: InnerOptimizer,
-) -> Params:
-    """`adapt` for many tasks at once; returns each parameter's W_i stacked as (tasks, *shape).
+    step: InnerStep, params: Params, inputs: Tensor, targets: Tensor, batches: Tensor
+) -> tuple[Params, list[Tensor]]:
+    """`descend` for many tasks at once, with a `step` over a loss from `tasks_loss`; returns
+    each parameter's W_i stacked as (tasks, *shape), and each step's (tasks,) losses.
 
     `inputs` (tasks, n, *input_shape) and `targets` (tasks, n, *target_shape) stack the tasks'
-    points, `batches` (tasks, steps, batch) their mini-batch indices. Every task starts from φ
-    broadcast over the task dimension (a view, not copies). `params` are not modified.
+    points, `batches` (tasks, steps, batch) their mini-batch indices. Every task starts from its
+    own copy of φ. `params` are not modified.
     """
     count = len(batches)
-    # (tasks, 1): each task's mini-batch from its points
-    rows = torch.arange(count, device=batches.device).unsqueeze(1)
     return descend(
-        vmap(batch_loss(model, loss_fn)),
-        {name: t.detach().expand(count, *t.shape) for name, t in params.items()},
-        ((inputs[rows, indices], targets[rows, indices]) for indices in batches.transpose(0, 1)),
-        lr=lr,
-        optimizer=optimizer,
+        step,
+        {name: t.detach().expand(count, *t.shape).clone() for name, t in params.items()},
+        ((gather(inputs, b), gather(targets, b)) for b in batches.transpose(0, 1)),
     )
+
+
+def chunk_loss(family: TaskFamily, model: nn.Module) -> BatchLoss:
+    """The loss `run_tasks` trains and scores with: one task's, or per task over stacked tasks."""
+    if family.batching == "loop":
+        return batch_loss(model, family.loss)
+    return tasks_loss(model, family.loss, family.batching)
+
+
+def chunk_step(family: TaskFamily, model: nn.Module, inner: InnerConfig) -> InnerStep:
+    """The inner step of `run_tasks`, compiled when `inner.compile` asks for it.
+
+    A compiled step compiles on its first call (seconds: the price of fusing the step's small
+    ops into a few kernels) and is reused for every later chunk, of any number of tasks
+    (`dynamic=True`; torch specialises size 1, so a one-task chunk compiles once more), so
+    build it once per worker and pass it to `run_tasks`.
+    """
+    step = make_step(chunk_loss(family, model), lr=inner.lr, optimizer=inner.optimizer)
+    return torch.compile(step, dynamic=True) if inner.compile else step
 
 
 @dataclass(frozen=True)
 class ChunkResult:
-    """What a worker returns for a chunk of tasks: Σ(W_i − φ), the count, per-task losses."""
+    """What a worker returns for a chunk of tasks: Σ(W_i − φ), the count, per-task losses.
+
+    The losses are on each task's first inner mini-batch: φ's comes free with the first inner
+    step, and W_i's costs one forward pass (scoring all of a task's points cost up to 3 steps).
+    """
 
     delta_sum: Params
     count: int
-    loss_before: Tensor  # (count,) loss of φ on each task
-    loss_after: Tensor  # (count,) loss of W_i on each task
+    loss_before: Tensor  # (count,) loss of φ on each task's first mini-batch
+    loss_after: Tensor  # (count,) loss of W_i on the same mini-batch
 
 
 def run_tasks(
@@ -210,15 +276,18 @@ def run_tasks(
     seeds: list[int],
     inner: InnerConfig,
     device: torch.device | str = "cpu",
+    step: InnerStep | None = None,
 ) -> ChunkResult:
     """Adapt φ to all tasks of `seeds`; returns Σ_i (W_i − φ) and per-task losses, on `device`.
 
     The tasks are rebuilt from their seeds (on the CPU) and stacked in seed order, so the losses
     come back in seed order and the same chunk always sums its deltas the same way; tasks and φ
-    then move to `device`, where everything else runs. Families whose model vectorises well
-    (`family.vmap_tasks`) run one `vmap`ped inner loop over all tasks (`adapt_tasks`); the others
-    run `descend` task after task on the same stacked data. `model` must already be on `device`.
+    then move to `device`, where everything else runs. `family.batching` says how: all tasks in
+    one batched inner loop (`adapt_tasks`, "stacked" or "vmap"), or task after task ("loop").
+    `model` must already be on `device`; `step` defaults to a new `chunk_step`.
     """
+    if inner.steps < 1:
+        raise ValueError(f"an inner loop needs at least one step, got {inner.steps}")
     tasks = [family.sample_task(seed) for seed in seeds]
     inputs = torch.stack([task.inputs for task in tasks]).to(device)  # (tasks, n, *input_shape)
     targets = torch.stack([task.targets for task in tasks]).to(device)  # (tasks, n, *target)
@@ -228,36 +297,29 @@ def run_tasks(
             for task, seed in zip(tasks, seeds, strict=True)
         ]
     ).to(device)  # (tasks, steps, batch)
-    phi = {name: t.to(device) for name, t in phi.items()}
-    loss = batch_loss(model, family.loss)
+    first = batches[:, 0]  # (tasks, batch): where φ and W_i are scored
+    # in the model's order: a compiled step is specialised to the order of its dict's keys
+    phi = {name: phi[name].to(device) for name, _ in model.named_parameters()}
+    loss = chunk_loss(family, model)
+    step = step or chunk_step(family, model, inner)
     with torch.no_grad():
-        if family.vmap_tasks:
-            weights = adapt_tasks(
-                model,
-                phi,
-                inputs,
-                targets,
-                loss_fn=family.loss,
-                batches=batches,
-                lr=inner.lr,
-                optimizer=inner.optimizer,
-            )
-            loss_before = vmap(loss, in_dims=(None, 0, 0))(phi, inputs, targets)
-            loss_after = vmap(loss)(weights, inputs, targets)
-        else:
+        if family.batching == "loop":
             adapted = [
-                descend(
-                    loss, phi, zip(x[b], y[b], strict=True), lr=inner.lr, optimizer=inner.optimizer
-                )
+                descend(step, phi, zip(x[b], y[b], strict=True))
                 for x, y, b in zip(inputs, targets, batches, strict=True)
             ]
-            weights = {name: torch.stack([w[name] for w in adapted]) for name in phi}
-            loss_before = torch.stack(
-                [loss(phi, x, y) for x, y in zip(inputs, targets, strict=True)]
-            )
+            weights = {name: torch.stack([w[name] for w, _ in adapted]) for name in phi}
+            loss_before = torch.stack([losses[0] for _, losses in adapted])
             loss_after = torch.stack(
-                [loss(w, x, y) for w, x, y in zip(adapted, inputs, targets, strict=True)]
+                [
+                    loss(w, x[b], y[b])
+                    for (w, _), x, y, b in zip(adapted, inputs, targets, first, strict=True)
+                ]
             )
+        else:
+            weights, losses = adapt_tasks(step, phi, inputs, targets, batches)
+            loss_before = losses[0]
+            loss_after = loss(weights, gather(inputs, first), gather(targets, first))
         return ChunkResult(
             delta_sum={name: (weights[name] - phi[name]).sum(0) for name in phi},
             count=len(seeds),

@@ -4,14 +4,29 @@ import torch
 from torch import Tensor, nn
 
 
+class StackableLinear(nn.Linear):
+    """`nn.Linear` that also takes the weights of many tasks at once.
+
+    Under `functional_call` with weights stacked over tasks, (tasks, out, in) and (tasks, out),
+    and inputs (tasks, n, in), a layer is one batched matmul for all tasks: a chunk's inner
+    loops then need no `vmap` (reptile.inner, batching "stacked"). Its parameters, and so
+    checkpoints and state dicts, are those of `nn.Linear`.
+    """
+
+    def forward(self, inputs: Tensor) -> Tensor:
+        if self.weight.dim() == 2:
+            return super().forward(inputs)
+        return torch.baddbmm(self.bias.unsqueeze(1), inputs, self.weight.mT)
+
+
 def sine_mlp(hidden: int = 64) -> nn.Sequential:
     """The 1-64-64-1 MLP of the sine experiments (tanh, as in the Reptile blog's example)."""
     return nn.Sequential(
-        nn.Linear(1, hidden),
+        StackableLinear(1, hidden),
         nn.Tanh(),
-        nn.Linear(hidden, hidden),
+        StackableLinear(hidden, hidden),
         nn.Tanh(),
-        nn.Linear(hidden, 1),
+        StackableLinear(hidden, 1),
     )
 
 

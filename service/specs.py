@@ -59,6 +59,11 @@ class _JobSpecBase(BaseModel):
         description="GPUs per actor: 0 runs on CPU; a fraction (0–1] shares one GPU; or a whole "
         "number of GPUs",
     )
+    compile_inner_loop: bool = Field(
+        default=False,
+        description="torch.compile each actor's inner step: the same results, rounds up to ~2.5× "
+        "faster for sine, after 10–20 s of compiling when the job starts (for long jobs)",
+    )
     eval_every: int = Field(default=250, ge=0, le=1_000_000, description="Rounds between evals")
     eval_tasks: int = Field(default=32, ge=1, le=1000, description="Held-out tasks per eval")
     eval_steps: int = Field(default=32, ge=1, le=1000, description="Eval adaptation steps")
@@ -115,6 +120,7 @@ class _JobSpecBase(BaseModel):
             batch_size=self.inner_batch_size,
             lr=self.inner_lr,
             optimizer=self.inner_optimizer,
+            compile=self.compile_inner_loop,
         )
 
     def meta_config(self) -> "MetaConfig":

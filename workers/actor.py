@@ -1,7 +1,8 @@
 """The inner-loop actor: a thin, stateless shell around `reptile.inner.run_tasks`.
 
-It holds only what can be rebuilt at any time (the task family and a model skeleton), so a
-restarted actor loses nothing. On a GPU actor the inner loops run on `cuda`; what goes in and
+It holds only what can be rebuilt at any time (the task family, a model skeleton and the inner
+step of each inner configuration it has run, compiled once where the job asks), so a restarted
+actor loses nothing. On a GPU actor the inner loops run on `cuda`; what goes in and
 out is numpy on the CPU either way, so the controller never sees a device.
 """
 
@@ -16,7 +17,7 @@ import numpy as np
 import ray
 import torch
 
-from reptile.inner import InnerConfig, run_tasks
+from reptile.inner import InnerConfig, InnerStep, chunk_step, run_tasks
 from reptile.params import from_numpy, to_numpy
 from reptile.tasks import make_family
 
@@ -45,12 +46,17 @@ class InnerLoopWorker:
         self.family = make_family(task, **task_options)
         self.model = self.family.make_model().to(self.device)
         self.node_id = ray.get_runtime_context().get_node_id()
+        self.steps: dict[InnerConfig, InnerStep] = {}
 
     def run_chunk(
         self, phi: dict[str, np.ndarray], seeds: list[int], inner: InnerConfig
     ) -> ChunkOutput:
         start = time.perf_counter()
-        result = run_tasks(self.family, self.model, from_numpy(phi), seeds, inner, self.device)
+        if inner not in self.steps:  # a compiled step compiles on its first chunk, once
+            self.steps[inner] = chunk_step(self.family, self.model, inner)
+        result = run_tasks(
+            self.family, self.model, from_numpy(phi), seeds, inner, self.device, self.steps[inner]
+        )
         return ChunkOutput(
             delta_sum=to_numpy(result.delta_sum),
             count=result.count,

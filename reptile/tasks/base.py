@@ -5,7 +5,7 @@ of a round depend on (job seed, round) alone, never on how the round is split ac
 """
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 import numpy as np
 from torch import Tensor, nn
@@ -13,6 +13,10 @@ from torch import Tensor, nn
 # Held-out evaluation tasks come from their own fixed stream, the same for every job, so that
 # evaluation numbers of different jobs compare the same tasks.
 EVAL_ENTROPY = 20180308
+
+# How a worker runs a chunk's inner loops: all tasks at once through a model that takes weights
+# stacked over tasks, all at once through `vmap`, or one task after another (reptile.inner).
+Batching = Literal["stacked", "vmap", "loop"]
 
 
 @dataclass(frozen=True)
@@ -38,9 +42,9 @@ class TaskFamily(Protocol):
     def name(self) -> str: ...
 
     @property
-    def vmap_tasks(self) -> bool:
-        """Whether a chunk's inner loops run as one `vmap` over its tasks (else task by task):
-        whichever is faster for the family's model (`reptile.inner.run_tasks`)."""
+    def batching(self) -> Batching:
+        """How a chunk's inner loops run (`reptile.inner.run_tasks`): whichever is fastest for
+        the family's model; every mode gives the same weights."""
         ...
 
     def make_model(self) -> nn.Module: ...

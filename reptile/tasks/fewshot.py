@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from reptile.models import Conv4
-from reptile.tasks.base import EvalTask, Task
+from reptile.tasks.base import Batching, EvalTask, Task
 
 IMAGES_FORMAT = "reptile-images/1"
 
@@ -114,7 +114,7 @@ class FewShotFamily:
     train_groups: tuple[str, ...] = ()  # groups of the train split; () = all not held out
     rotate: bool = False
     name: str = "fewshot"
-    vmap_tasks: bool = False  # Conv4 runs ~2× faster task by task on CPU (reptile/inner.py)
+    batching: Batching = "loop"  # Conv4 runs ~2× faster task by task than vmapped on CPU
 
     def __post_init__(self) -> None:
         # Options may come from JSON lists; tuples keep the family hashable.
@@ -126,6 +126,10 @@ class FewShotFamily:
         """Fail at construction, with what is wrong, rather than in the middle of a job."""
         if self.split not in ("train", "test"):
             raise ValueError(f"{self.name}: split must be 'train' or 'test', not {self.split!r}")
+        if self.batching not in ("vmap", "loop"):  # Conv4 takes one task's weights at a time
+            raise ValueError(
+                f"{self.name}: batching must be 'vmap' or 'loop', not {self.batching!r}"
+            )
         for option in ("ways", "shots", "queries", "eval_shots"):
             if getattr(self, option) < 1:
                 raise ValueError(f"{self.name}: {option} must be at least 1")

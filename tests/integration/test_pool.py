@@ -55,6 +55,19 @@ def test_same_phi_as_the_serial_loop_with_1_2_3_actors(inner_optimizer: InnerOpt
             assert torch.allclose(phi[name], reference[name], atol=1e-5), (workers, name)
 
 
+def test_actors_with_a_compiled_inner_step_reach_the_serial_phi() -> None:
+    """Each actor compiles its step on its first chunk and reuses it for the chunk sizes after."""
+    inner = InnerConfig(steps=5, batch_size=10, lr=0.02, compile=True)
+    config = MetaConfig(rounds=4, meta_batch_size=5, outer_lr=1.0, inner=inner)
+    reference = train_serial(FAMILY, config, seed=3)
+    pool = WorkerPool(task="sine", task_options={}, num_workers=2)  # chunks of 3 and 2 tasks
+    try:
+        phi = _distributed(pool, config, seed=3)
+    finally:
+        pool.shutdown()
+    assert all(torch.allclose(phi[n], reference[n], atol=1e-5) for n in reference)
+
+
 def test_a_killed_actor_is_replaced_and_the_round_is_unchanged() -> None:
     config = MetaConfig(rounds=3, meta_batch_size=6, outer_lr=1.0, inner=SCHULMAN)
     reference = train_serial(FAMILY, config, seed=2)

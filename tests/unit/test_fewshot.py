@@ -206,8 +206,8 @@ def test_conv4_chunks_run_task_by_task_like_one_vmapped_loop(
     dataset: str, optimizer: InnerOptimizer
 ) -> None:
     options: dict[str, Any] = {"dataset": dataset, "ways": 3, "shots": 4, "held_out": ("g3",)}
-    by_task, vmapped = FewShotFamily(**options), FewShotFamily(**options, vmap_tasks=True)
-    assert not by_task.vmap_tasks  # the default for Conv4
+    by_task, vmapped = FewShotFamily(**options), FewShotFamily(**options, batching="vmap")
+    assert by_task.batching == "loop"  # the default for Conv4
     model = by_task.make_model()
     phi = init_params(model, 1)
     seeds = task_seeds(5, 0, 4)
@@ -219,6 +219,11 @@ def test_conv4_chunks_run_task_by_task_like_one_vmapped_loop(
     assert torch.allclose(result.loss_before, expected.loss_before, atol=1e-6)
     assert torch.allclose(result.loss_after, expected.loss_after, atol=1e-5)
     assert result.loss_after.mean() < result.loss_before.mean()
+
+
+def test_conv4_cannot_take_stacked_weights(dataset: str) -> None:
+    with pytest.raises(ValueError, match="batching must be 'vmap' or 'loop', not 'stacked'"):
+        FewShotFamily(dataset=dataset, ways=3, shots=4, batching="stacked")
 
 
 def test_accuracy_is_the_fraction_of_correct_argmaxes() -> None:

@@ -2,24 +2,30 @@
 vectorised loop over a chunk of tasks against one task at a time."""
 
 from collections.abc import Callable
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 from torch import Tensor
+from torch._dynamo.utils import counters
 
 from reptile.inner import (
     InnerConfig,
     InnerOptimizer,
     adapt,
     adapt_tasks,
+    chunk_step,
     full_batches,
+    make_step,
     minibatch_indices,
     run_tasks,
     task_loss,
+    tasks_loss,
 )
 from reptile.params import Params, init_params, params_of, subtract, to_numpy, total
-from reptile.tasks import task_seeds
+from reptile.tasks import Task, task_seeds
+from reptile.tasks.base import Batching
 from reptile.tasks.sine import SineFamily
 from workers.actor import InnerLoopWorker
 
@@ -78,9 +84,10 @@ def test_inner_steps_match_torch_optim_for_sgd_and_adam() -> None:
 
 # Batched and single matmuls round differently (~1e-7); Adam divides by each coordinate's RMS
 # gradient, which magnifies that noise where gradients are near zero: hence 1e-5 for Adam.
+@pytest.mark.parametrize("batching", ["stacked", "vmap"])
 @pytest.mark.parametrize(("optimizer", "lr", "atol"), [("sgd", 0.02, 1e-6), ("adam", 0.01, 1e-5)])
 def test_vectorised_steps_give_each_task_the_weights_of_adapt(
-    optimizer: InnerOptimizer, lr: float, atol: float
+    batching: Batching, optimizer: InnerOptimizer, lr: float, atol: float
 ) -> None:
     model = FAMILY.make_model()
     phi = init_params(model, 3)
@@ -88,16 +95,14 @@ def test_vectorised_steps_give_each_task_the_weights_of_adapt(
     seeds = task_seeds(4, 0, 5)
     tasks = [FAMILY.sample_task(s) for s in seeds]
     batches = torch.stack([minibatch_indices(50, 8, 10, s) for s in seeds])  # (tasks, steps, batch)
-    stacked = adapt_tasks(
-        model,
+    stacked, losses = adapt_tasks(
+        make_step(tasks_loss(model, FAMILY.loss, batching), lr=lr, optimizer=optimizer),
         phi,
         torch.stack([t.inputs for t in tasks]),
         torch.stack([t.targets for t in tasks]),
-        loss_fn=FAMILY.loss,
-        batches=batches,
-        lr=lr,
-        optimizer=optimizer,
+        batches,
     )
+    assert len(losses) == 8 and losses[0].shape == (len(tasks),)
     for i, task in enumerate(tasks):
         single = adapt(
             model, phi, task, loss_fn=FAMILY.loss, batches=batches[i], lr=lr, optimizer=optimizer
@@ -105,14 +110,33 @@ def test_vectorised_steps_give_each_task_the_weights_of_adapt(
         for name in phi:
             assert stacked[name].shape == (len(tasks), *phi[name].shape)
             assert torch.allclose(stacked[name][i], single[name], atol=atol), (i, name)
+        first = task_loss(
+            model, phi, FAMILY.loss, Task(task.inputs[batches[i, 0]], task.targets[batches[i, 0]])
+        )
+        assert torch.allclose(losses[0][i], first, atol=1e-6)  # each step's loss, φ's first
     assert not torch.allclose(stacked["0.weight"][0], stacked["0.weight"][1])
     assert all(torch.equal(phi[name], before[name]) for name in phi)  # φ left alone
+
+
+def test_the_stackable_mlp_is_an_ordinary_module_for_one_task() -> None:
+    model = FAMILY.make_model()
+    plain = torch.nn.Sequential(
+        torch.nn.Linear(1, 64),
+        torch.nn.Tanh(),
+        torch.nn.Linear(64, 64),
+        torch.nn.Tanh(),
+        torch.nn.Linear(64, 1),
+    )
+    plain.load_state_dict(model.state_dict())  # the same parameter names and shapes
+    x = torch.linspace(-5, 5, 7).unsqueeze(1)
+    assert torch.allclose(model(x), plain(x), atol=1e-6)
 
 
 def _one_task_at_a_time(
     phi: Params, seeds: list[int], inner: InnerConfig
 ) -> tuple[Params, Tensor, Tensor]:
-    """`run_tasks` written per task: `adapt` each task in seed order, sum the deltas in order."""
+    """`run_tasks` written per task: `adapt` each task in seed order, sum the deltas in order,
+    score φ and W_i on the task's first mini-batch."""
     model = FAMILY.make_model()
     deltas, before, after = [], [], []
     for seed in seeds:
@@ -128,18 +152,22 @@ def _one_task_at_a_time(
             optimizer=inner.optimizer,
         )
         deltas.append(subtract(weights, phi))
-        before.append(task_loss(model, phi, FAMILY.loss, task).detach())
-        after.append(task_loss(model, weights, FAMILY.loss, task).detach())
+        first = Task(task.inputs[batches[0]], task.targets[batches[0]])
+        before.append(task_loss(model, phi, FAMILY.loss, first).detach())
+        after.append(task_loss(model, weights, FAMILY.loss, first).detach())
     return total(deltas), torch.stack(before), torch.stack(after)
 
 
+@pytest.mark.parametrize("batching", ["stacked", "vmap", "loop"])
 @pytest.mark.parametrize(("optimizer", "lr"), [("sgd", 0.02), ("adam", 0.003)])
-def test_run_tasks_equals_one_task_at_a_time(optimizer: InnerOptimizer, lr: float) -> None:
+def test_run_tasks_equals_one_task_at_a_time(
+    batching: Batching, optimizer: InnerOptimizer, lr: float
+) -> None:
     model = FAMILY.make_model()
     phi = init_params(model, 2)
     seeds = task_seeds(0, 0, 6)
     inner = InnerConfig(steps=5, batch_size=10, lr=lr, optimizer=optimizer)
-    result = run_tasks(FAMILY, model, phi, seeds, inner)
+    result = run_tasks(SineFamily(batching=batching), model, phi, seeds, inner)
     delta_sum, loss_before, loss_after = _one_task_at_a_time(phi, seeds, inner)
     assert result.count == 6
     assert result.loss_before.shape == (6,) and result.loss_after.shape == (6,)
@@ -148,6 +176,27 @@ def test_run_tasks_equals_one_task_at_a_time(optimizer: InnerOptimizer, lr: floa
     assert result.loss_after.mean() < result.loss_before.mean()  # the inner loop learns
     for name in phi:
         assert torch.allclose(result.delta_sum[name], delta_sum[name], atol=1e-6), name
+
+
+@pytest.mark.parametrize(("optimizer", "lr", "atol"), [("sgd", 0.02, 1e-6), ("adam", 0.003, 1e-4)])
+def test_a_compiled_step_gives_the_eager_results_and_compiles_once(
+    optimizer: InnerOptimizer, lr: float, atol: float
+) -> None:
+    model = FAMILY.make_model()
+    phi = init_params(model, 4)
+    inner = InnerConfig(steps=5, batch_size=10, lr=lr, optimizer=optimizer, compile=True)
+    step = chunk_step(FAMILY, model, inner)
+    graphs = counters["stats"]["unique_graphs"]
+    reordered = dict(sorted(phi.items()))  # as the meta-optimiser hands φ out
+    for count, weights in ((4, phi), (7, reordered), (2, phi)):  # no recompiling for either
+        seeds = task_seeds(count, 0, count)
+        compiled = run_tasks(FAMILY, model, weights, seeds, inner, step=step)
+        eager = run_tasks(FAMILY, model, phi, seeds, replace(inner, compile=False))
+        for name in phi:
+            assert torch.allclose(compiled.delta_sum[name], eager.delta_sum[name], atol=atol)
+        assert torch.allclose(compiled.loss_before, eager.loss_before, atol=1e-6)
+        assert torch.allclose(compiled.loss_after, eager.loss_after, atol=atol)
+    assert counters["stats"]["unique_graphs"] == graphs + 1
 
 
 def test_chunks_of_a_round_sum_to_the_whole_round() -> None:
