@@ -12,7 +12,10 @@ tasks:
    again in each other mode the family's model supports, for comparison;
 3. service: `service.trainer.MetaTrainer` driving a `workers.pool.WorkerPool` on a local Ray and
    logging to MLflow through `service.tracking.Tracker` (wired by `service.runtime`), with 1 and
-   2 actors.
+   2 actors;
+4. 2 and 3 again with `compile_inner_loop` (mode "+c"), after each compiled its step once
+   (sine: meta-batch 32 and 128; Omniglot: 32). Compiling takes 5–60 s per process, so a
+   --quick run takes a few minutes the first time and less once torch's cache holds the code.
 
 It prints tasks/s; milliseconds per round split into compute (the inner loops; for the service,
 the slowest chunk), overhead (the rest of the round: Ray dispatch and gather, the meta-update)
@@ -126,8 +129,8 @@ WORKLOADS = {
             eval_tasks=1,
             eval_shots=[5],
         ),
-        quick=Effort((32,), tasks=32, min_rounds=1, max_rounds=1),
-        full=Effort((32,), tasks=320, min_rounds=10, max_rounds=10),
+        quick=Effort((32,), tasks=32, min_rounds=1, max_rounds=1, compiled_sizes=(32,)),
+        full=Effort((32,), tasks=320, min_rounds=10, max_rounds=10, compiled_sizes=(32,)),
     ),
 }
 
@@ -563,7 +566,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--quick", action="store_true", help="fewer rounds and sizes: about a minute"
+        "--quick", action="store_true", help="fewer rounds and sizes: a few minutes"
     )
     parser.add_argument("--json", action="store_true", help="last line: one JSON object")
     parser.add_argument("--data-dir", type=Path, help="default: a new temporary folder")

@@ -4,30 +4,24 @@ import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from mlflow import MlflowClient
-from safetensors.torch import load
 
-from reptile.params import Params
 from service.weights import read_checkpoint
 from tests.utils.processes import descendants, kill_all
 from tests.utils.reference import assert_every_round_logged_once, assert_same_phi, serial_phi
-from tests.utils.server import Server, resume, start_server, wait_for_round, wait_for_state
+from tests.utils.server import resume, start_server, succeeded, wait_for_round, wait_for_state
 
 pytestmark = pytest.mark.faults
 
 
-def _succeeded(server: Server, job_id: str) -> tuple[dict[str, Any], Params]:
-    """The record of the job once it succeeded, and its final φ."""
-    with server.client() as client:
-        done = wait_for_state(client, job_id, {"succeeded", "failed"})
-        assert done["state"] == "succeeded", done
-        return done, load(client.get(f"/v1/jobs/{job_id}/weights").content)
-
-
-def test_a_sigkilled_controller_resumes_from_its_checkpoint(tmp_path: Path) -> None:
+@pytest.mark.parametrize("auto_resume", [True, False])
+def test_a_sigkilled_controller_resumes_from_its_checkpoint(
+    tmp_path: Path, auto_resume: bool
+) -> None:
+    """With auto-resume the restarted controller carries on by itself; without, the job reads
+    failed with what to do, and `POST …/resume` carries on the same way."""
     body = {"rounds": 400, "meta_batch_size": 4, "eval_every": 200, "eval_tasks": 4}
     body |= {"checkpoint_every": 20, "seed": 41}
     first = start_server(tmp_path)
@@ -41,13 +35,19 @@ def test_a_sigkilled_controller_resumes_from_its_checkpoint(tmp_path: Path) -> N
         first.stop()
         kill_all(left_behind)  # a crashed machine takes its Ray with it
 
-    second = start_server(tmp_path)
+    second = start_server(tmp_path, REPTILE_AUTO_RESUME=str(auto_resume).lower())
     try:
         with second.client() as client:
             found = client.get(f"/v1/jobs/{job['id']}").json()
-            # resumed automatically from a checkpoint at most one interval behind
+            if not auto_resume:
+                assert found["state"] == "failed", found
+                assert "POST …/resume to continue" in found["error"]
+                response = resume(client, job["id"])
+                assert response.status_code == 202, response.text
+                found = response.json()
+            # resumed from a checkpoint at most one interval behind
             assert found["checkpoint_round"] >= seen["round"] - body["checkpoint_every"]
-        done, phi = _succeeded(second, job["id"])
+        done, phi = succeeded(second, job["id"])
     finally:
         second.stop()
     assert done["mlflow"]["run_id"] == seen["mlflow"]["run_id"]  # the same MLflow run
@@ -133,7 +133,7 @@ def test_a_full_disk_fails_the_job_and_keeps_the_last_checkpoint(
 
             filler.unlink()  # space again: the job resumes from that checkpoint
             assert resume(client, job["id"]).status_code == 202
-        done, phi = _succeeded(server, job["id"])
+        done, phi = succeeded(server, job["id"])
     finally:
         server.stop()
     assert_same_phi(phi, serial_phi(body))

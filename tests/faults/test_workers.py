@@ -7,13 +7,12 @@ import time
 
 import psutil
 import pytest
-from safetensors.torch import load
 
 from tests.faults.conftest import CHUNK_RETRIES, ROUND_TIMEOUT_S, START_TIMEOUT_S
 from tests.utils.net import wait_until
 from tests.utils.processes import actor_pids, signal_all
 from tests.utils.reference import assert_every_round_logged_once, assert_same_phi, serial_phi
-from tests.utils.server import Server, wait_for_round, wait_for_state
+from tests.utils.server import Server, succeeded, wait_for_round, wait_for_state
 
 pytestmark = pytest.mark.faults
 
@@ -22,10 +21,7 @@ BODY = {"rounds": 300, "meta_batch_size": 4, "eval_every": 0, "checkpoint_every"
 
 def _finish_and_check(server: Server, job_id: str, body: dict[str, int]) -> None:
     """The job succeeds with the fault-free φ and every round's metrics in MLflow."""
-    with server.client() as client:
-        done = wait_for_state(client, job_id, {"succeeded", "failed"})
-        assert done["state"] == "succeeded", done
-        phi = load(client.get(f"/v1/jobs/{job_id}/weights").content)
+    done, phi = succeeded(server, job_id)
     assert_same_phi(phi, serial_phi(body))
     assert_every_round_logged_once(server.tracking_uri, done["mlflow"]["run_id"], body["rounds"])
 

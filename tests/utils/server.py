@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from safetensors.torch import load
 
+from reptile.params import Params
 from tests.utils.net import free_port, wait_until
 
 
@@ -141,3 +143,11 @@ def resume(client: httpx.Client, job_id: str) -> httpx.Response:
         time.sleep(0.1)
         response = client.post(f"/v1/jobs/{job_id}/resume")
     return response
+
+
+def succeeded(server: Server, job_id: str) -> tuple[dict[str, Any], Params]:
+    """The job's record once it has succeeded (fails if it failed instead), and its final φ."""
+    with server.client() as client:
+        done = wait_for_state(client, job_id, {"succeeded", "failed"})
+        assert done["state"] == "succeeded", done
+        return done, load(client.get(f"/v1/jobs/{job_id}/weights").content)
