@@ -139,7 +139,7 @@ InnerStep = Callable[[Params, Params, Tensor, Tensor, float], tuple[Params, Para
 
 def make_step(loss: BatchLoss, *, lr: float, optimizer: InnerOptimizer) -> InnerStep:
     """One inner step as a pure function of tensors: what `descend` repeats, and what a worker
-    hands to `torch.compile` (compile_step), which fuses its forward, backward and update."""
+    hands to `torch.compile` (`chunk_step`), which fuses its forward, backward and update."""
 
     def step(
         weights: Params, second_moment: Params, inputs: Tensor, targets: Tensor, correction: float
