@@ -60,6 +60,7 @@ from service.settings import Settings  # noqa: E402
 from service.specs import AnyJobSpec, OmniglotJobSpec, SineJobSpec  # noqa: E402
 from service.trainer import MetaTrainer, Progress  # noqa: E402
 from workers.cluster import connect, disconnect  # noqa: E402
+from workers.memory import keep_freed_memory  # noqa: E402
 from workers.pool import WorkerPool  # noqa: E402
 
 SHARED_OMNIGLOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "omniglot"
@@ -574,6 +575,7 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.set_num_threads(1)  # the in-process paths get one core, like an actor
+    keep_freed_memory()  # and the same malloc settings
     data_dir = args.data_dir or Path(tempfile.mkdtemp(prefix="reptile-bench-"))
     settings = Settings(data_dir=data_dir, mlflow_tracking_uri=args.tracking_uri)
     settings.data_dir.mkdir(parents=True, exist_ok=True)

@@ -31,6 +31,7 @@ from service.tracking import ModelVersionRef, RunRef, Tracker, run_url
 from service.trainer import MetaTrainer, Progress
 from service.weights import read_checkpoint, read_weights, weights_to_bytes, write_weights
 from workers.cluster import connect, shortfall
+from workers.memory import keep_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,7 @@ class Controller:
     # --- life cycle ---------------------------------------------------------------------
     def start(self) -> None:
         """Join Ray and pick up the jobs a previous process left unfinished."""
+        keep_freed_memory()  # evaluation and adaptation run inner loops in this process
         connect(self.settings.ray_address, self.settings.ray_num_cpus)
         for record in list(self._records.values()):
             if record.state.terminal:

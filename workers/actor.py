@@ -20,6 +20,7 @@ import torch
 from reptile.inner import InnerConfig, InnerStep, chunk_step, run_tasks
 from reptile.params import from_numpy, to_numpy
 from reptile.tasks import make_family
+from workers.memory import keep_freed_memory
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class InnerLoopWorker:
     ) -> None:
         # One intra-op thread per actor: N actors on N cores must not oversubscribe them.
         torch.set_num_threads(num_threads)
+        keep_freed_memory()  # the inner loops' buffers, reused from step to step
         self.device = torch.device(device)
         self.family = make_family(task, **task_options)
         self.model = self.family.make_model().to(self.device)
