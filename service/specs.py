@@ -61,8 +61,8 @@ class _JobSpecBase(BaseModel):
     )
     compile_inner_loop: bool = Field(
         default=False,
-        description="torch.compile each actor's inner step: the same results, rounds up to ~2.5× "
-        "faster for sine, after 10–20 s of compiling when the job starts (for long jobs)",
+        description="torch.compile each actor's inner step: the same results, sine rounds up to "
+        "~2× faster, after 5–20 s of compiling when the job starts (for long jobs)",
     )
     eval_every: int = Field(default=250, ge=0, le=1_000_000, description="Rounds between evals")
     eval_tasks: int = Field(default=32, ge=1, le=1000, description="Held-out tasks per eval")
