@@ -47,17 +47,25 @@ class InnerLoopWorker:
         self.device = torch.device(device)
         self.family = make_family(task, **task_options)
         self.model = self.family.make_model().to(self.device)
-        self.node_id = ray.get_runtime_context().get_node_id()
+        # outside Ray (a unit test, a notebook) there is no node, and asking would start Ray
+        self.node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
         self.steps: dict[InnerConfig, InnerStep] = {}
 
     def run_chunk(
-        self, phi: dict[str, np.ndarray], seeds: list[int], inner: InnerConfig
+        self, phi: dict[str, np.ndarray], seeds: np.ndarray, inner: InnerConfig
     ) -> ChunkOutput:
+        """Adapt φ to the tasks of `seeds` (uint64: one buffer, not a Python int per task)."""
         start = time.perf_counter()
         if inner not in self.steps:  # a compiled step compiles on its first chunk, once
             self.steps[inner] = chunk_step(self.family, self.model, inner)
         result = run_tasks(
-            self.family, self.model, from_numpy(phi), seeds, inner, self.device, self.steps[inner]
+            self.family,
+            self.model,
+            from_numpy(phi),
+            seeds.tolist(),
+            inner,
+            self.device,
+            self.steps[inner],
         )
         return ChunkOutput(
             delta_sum=to_numpy(result.delta_sum),

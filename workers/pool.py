@@ -109,7 +109,7 @@ class WorkerPool:
         # small arguments: that skips two object-store round trips, ~2 ms a round on 2 cores.
         size = sum(array.nbytes for array in arrays.values())
         phi_ref = ray.put(arrays) if size > INLINE_PHI_BYTES else arrays
-        chunks = split(seeds, len(self.actors))
+        chunks = [np.array(chunk, np.uint64) for chunk in split(seeds, len(self.actors))]
         results: list[ChunkOutput | None] = [None] * len(chunks)
         pending: dict[Any, tuple[int, int, float]] = {}  # ref -> (chunk, attempt, deadline)
 

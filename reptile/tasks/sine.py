@@ -60,7 +60,9 @@ class SineFamily:
         return sine_mlp()
 
     def loss(self, predictions: Tensor, targets: Tensor) -> Tensor:
-        return (predictions - targets).pow(2).mean()
+        # the mean over each task's points: a scalar for one task's (n, 1), the (tasks,) losses
+        # of tasks stacked as (tasks, n, 1), which the "stacked" batching relies on
+        return (predictions - targets).pow(2).mean(dim=(-2, -1))
 
     def wave(self, seed: int) -> SineWave:
         """The sine function behind the task with this seed."""
