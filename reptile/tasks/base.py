@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 import numpy as np
+import torch
 from torch import Tensor, nn
 
 # Held-out evaluation tasks come from their own fixed stream, the same for every job, so that
@@ -35,6 +36,14 @@ class EvalTask:
     query: Task
 
 
+def stack(tasks: list[Task]) -> Task:
+    """Tasks of the same shapes as one `Task` with a leading task dimension."""
+    return Task(
+        inputs=torch.stack([task.inputs for task in tasks]),
+        targets=torch.stack([task.targets for task in tasks]),
+    )
+
+
 class TaskFamily(Protocol):
     """A distribution over tasks, with the model and the loss that fit it."""
 
@@ -55,6 +64,11 @@ class TaskFamily(Protocol):
         ...
 
     def sample_task(self, seed: int) -> Task: ...
+
+    def sample_tasks(self, seeds: list[int]) -> Task:
+        """The tasks of `seeds`, the same as `sample_task` gives, stacked along a leading task
+        dimension: inputs (tasks, n, …), targets (tasks, n, …)."""
+        ...
 
     def sample_eval_task(self, seed: int) -> EvalTask: ...
 

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from reptile.models import Conv4
-from reptile.tasks.base import Batching, EvalTask, Task
+from reptile.tasks.base import Batching, EvalTask, Task, stack
 
 IMAGES_FORMAT = "reptile-images/1"
 
@@ -218,6 +218,9 @@ class FewShotFamily:
     def sample_task(self, seed: int) -> Task:
         images = self._draw(torch.Generator().manual_seed(seed), self.shots)
         return Task(inputs=images.flatten(0, 1), targets=self._labels(self.shots))
+
+    def sample_tasks(self, seeds: list[int]) -> Task:
+        return stack([self.sample_task(seed) for seed in seeds])
 
     def sample_eval_task(self, seed: int) -> EvalTask:
         images = self._draw(torch.Generator().manual_seed(seed), self.eval_shots + self.queries)

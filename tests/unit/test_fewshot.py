@@ -88,6 +88,9 @@ def test_tasks_are_rebuilt_from_their_seed(dataset: str) -> None:
     assert not torch.equal(a.inputs, c.inputs)
     first, again = family.sample_eval_task(3), family.sample_eval_task(3)
     assert torch.equal(first.query.inputs, again.query.inputs)
+    stacked = family.sample_tasks([7, 8])  # what a worker builds: the same tasks, stacked
+    assert torch.equal(stacked.inputs, torch.stack([a.inputs, c.inputs]))
+    assert torch.equal(stacked.targets, torch.stack([a.targets, c.targets]))
 
 
 def test_labels_are_a_fresh_permutation_in_every_task(dataset: str) -> None:

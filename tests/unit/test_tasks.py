@@ -16,6 +16,19 @@ def test_sine_task_is_rebuilt_from_its_seed() -> None:
     assert not torch.equal(a.inputs, family.sample_task(124).inputs)
 
 
+def test_sine_tasks_stacked_are_the_tasks_one_by_one_in_any_company() -> None:
+    """A worker samples its chunk at once: each task must not depend on the others drawn."""
+    family = SineFamily(shots=20)
+    seeds = task_seeds(5, 2, 6)
+    stacked = family.sample_tasks(seeds)
+    assert stacked.inputs.shape == (6, 20, 1) and stacked.targets.shape == (6, 20, 1)
+    for index, seed in enumerate(seeds):
+        alone = family.sample_task(seed)
+        assert torch.equal(stacked.inputs[index], alone.inputs)
+        assert torch.equal(stacked.targets[index], alone.targets)
+    assert torch.equal(family.sample_tasks(seeds[3:]).targets, stacked.targets[3:])
+
+
 def test_sine_parameters_follow_the_paper_ranges() -> None:
     family = SineFamily()
     waves = [family.wave(seed) for seed in task_seeds(0, 0, 500)]
