@@ -230,43 +230,20 @@ def gather(stacked: Tensor, indices: Tensor) -> Tensor:
     return stacked[rows, indices]
 
 
-def task_copies(params: Params, count: int, *, transpose_matrices: bool = True) -> Params:
-    """Every task's own copy of φ, (count, *shape) per parameter.
-
-    With `transpose_matrices`, a matrix (a linear layer's weight, used transposed: y = x·Wᵀ)
-    gets its copies transposed in memory, the layout its batched gradient comes back in: each
-    eager inner update then adds tensors of one layout (a mixed-layout add was 5× slower: 6–8 %
-    of a sine chunk). A compiled step wants contiguous copies: it is specialised to its inputs'
-    strides and returns contiguous weights, so other strides would compile it twice.
-    """
-    copies = {}
-    for name, t in params.items():
-        stacked = t.detach().expand(count, *t.shape)
-        transposed = transpose_matrices and t.dim() == 2
-        copies[name] = stacked.mT.contiguous().mT if transposed else stacked.clone()
-    return copies
-
-
 def adapt_tasks(
-    step: InnerStep,
-    params: Params,
-    inputs: Tensor,
-    targets: Tensor,
-    batches: Tensor,
-    *,
-    compiled: bool = False,
+    step: InnerStep, params: Params, inputs: Tensor, targets: Tensor, batches: Tensor
 ) -> tuple[Params, list[Tensor]]:
     """`descend` for many tasks at once, with a `step` over a loss from `tasks_loss`; returns
     each parameter's W_i stacked as (tasks, *shape), and each step's (tasks,) losses.
 
     `inputs` (tasks, n, *input_shape) and `targets` (tasks, n, *target_shape) stack the tasks'
     points, `batches` (tasks, steps, batch) their mini-batch indices. Every task starts from its
-    own copy of φ (`task_copies`; `compiled`: `step` is a compiled one). `params` are not
-    modified.
+    own copy of φ. `params` are not modified.
     """
+    count = len(batches)
     return descend(
         step,
-        task_copies(params, len(batches), transpose_matrices=not compiled),
+        {name: t.detach().expand(count, *t.shape).clone() for name, t in params.items()},
         ((gather(inputs, b), gather(targets, b)) for b in batches.transpose(0, 1)),
     )
 
@@ -352,9 +329,7 @@ def run_tasks(
                 ]
             )
         else:
-            weights, losses = adapt_tasks(
-                step, phi, inputs, targets, batches, compiled=inner.compile
-            )
+            weights, losses = adapt_tasks(step, phi, inputs, targets, batches)
             loss_before = losses[0]
             loss_after = loss(weights, gather(inputs, first), gather(targets, first))
         return ChunkResult(
