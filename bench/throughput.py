@@ -105,11 +105,11 @@ WORKLOADS = {
         SineJobSpec(
             name="bench-sine", meta_batch_size=32, inner_steps=5, eval_every=0, eval_tasks=1
         ),
-        quick=Effort(
+        quick=Effort(  # ≥ 8 rounds a size: a timing window of ~0.1 s caught one slow moment
             (1, 4, 16, 32, 64, 128, 256),
-            tasks=1024,
-            min_rounds=4,
-            max_rounds=48,
+            tasks=2048,
+            min_rounds=8,
+            max_rounds=64,
             compiled_sizes=(32, 128),
         ),
         full=Effort(
