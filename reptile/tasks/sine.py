@@ -36,7 +36,7 @@ def _scale(uniform: Tensor, bounds: tuple[float, float]) -> Tensor:
     return low + (high - low) * uniform
 
 
-def draw(seeds: list[int], shots: int) -> tuple[Tensor, Tensor, Tensor]:
+def _draw(seeds: list[int], shots: int) -> tuple[Tensor, Tensor, Tensor]:
     """Amplitudes (tasks,), phases (tasks,) and inputs (tasks, shots, 1) of the tasks of `seeds`.
 
     Each task's 2 + shots uniforms come from a generator seeded with its own seed alone, in one
@@ -76,11 +76,11 @@ class SineFamily:
 
     def wave(self, seed: int) -> SineWave:
         """The sine function behind the task with this seed."""
-        amplitude, phase, _ = draw([seed], 0)
+        amplitude, phase, _ = _draw([seed], 0)
         return SineWave(amplitude=amplitude.item(), phase=phase.item())
 
     def sample_tasks(self, seeds: list[int]) -> Task:
-        amplitude, phase, x = draw(seeds, self.shots)  # x: (tasks, shots, 1)
+        amplitude, phase, x = _draw(seeds, self.shots)  # x: (tasks, shots, 1)
         y = amplitude.view(-1, 1, 1) * torch.sin(x + phase.view(-1, 1, 1))
         return Task(inputs=x, targets=y)
 
@@ -89,7 +89,7 @@ class SineFamily:
         return Task(inputs=tasks.inputs[0], targets=tasks.targets[0])
 
     def sample_eval_task(self, seed: int) -> EvalTask:
-        amplitude, phase, x = draw([seed], self.eval_shots)
+        amplitude, phase, x = _draw([seed], self.eval_shots)
         wave = SineWave(amplitude=amplitude.item(), phase=phase.item())
         x = x[0]  # (eval_shots, 1)
         grid = query_grid()
