@@ -24,8 +24,9 @@ path's ratio to serial; and its GFLOP/s against the roofline: the FLOPs of one t
 path (matmuls and convolutions, forward and backward, counted by `FlopCounterMode`) times
 tasks/s, over float32 `torch.mm` GFLOP/s on one thread per core used. Then tasks/s and the
 overhead against the meta-batch size (sine: 1, 2, 4 … 256; --quick: a subset) and the number of
-actors, drawn to a PNG and logged as a run of the MLflow experiment "reptile-bench". In-process
-paths use one thread, like an actor.
+actors, drawn to a PNG and logged as a run of the MLflow experiment "reptile-bench"; last, the
+issue's bars, each with this run's value and whether it met it (`bars` in the --json line).
+In-process paths use one thread, like an actor.
 
     python bench/throughput.py [--quick] [--json] [--workload NAME] [--data-dir DIR]
                                [--tracking-uri URI]
@@ -497,6 +498,47 @@ def scaling_png(result: WorkloadResult) -> bytes:
     return buffer.getvalue()
 
 
+@dataclass(frozen=True)
+class Bar:
+    """One of the targets the throughput issue sets, and what this run measured."""
+
+    name: str
+    target: str
+    measured: float
+    met: bool
+
+
+def bars(results: dict[str, WorkloadResult], roofline: float) -> list[Bar]:
+    """Issue 5's bars, for the workloads measured (`roofline`: one thread's matmul GFLOP/s)."""
+    found = []
+    if sine := results.get("sine"):
+        targets = [("vectorised", 0, 32, 10.0), ("service", 2, 32, 5.0), ("service", 2, 128, 10.0)]
+        for compiled in (False, True):
+            for path, actors, size, target in targets:
+                m = sine.at(path, actors, size, compiled)
+                ratio = m.tasks_per_s / sine.serial.tasks_per_s
+                where = actors_label(actors) if actors else "one process"
+                name = f"sine {path}, {where}, meta-batch {size}" + (
+                    ", compiled" if compiled else ""
+                )
+                found.append(Bar(name, f">= {target:g}x serial", ratio, ratio >= target))
+    if omniglot := results.get("omniglot"):
+        m = omniglot.at("service", 2, omniglot.spec.meta_batch_size)
+        overhead = 100 * m.overhead_fraction
+        roof = 100 * omniglot.gflops(m) / (roofline * m.actors)
+        found += [
+            Bar("omniglot Ray overhead, 2 actors", "< 10 % of a round", overhead, overhead < 10),
+            Bar("omniglot GFLOP/s, 2 actors", ">= 50 % of the roof", roof, roof >= 50),
+        ]
+    return found
+
+
+def print_bars(found: list[Bar]) -> None:
+    print(f"\n{'bar':<56}{'target':>22}{'measured':>10}{'met':>6}")
+    for bar in found:
+        print(f"{bar.name:<56}{bar.target:>22}{bar.measured:>10.2f}{'yes' if bar.met else 'no':>6}")
+
+
 def summary(result: WorkloadResult) -> dict[str, object]:
     """The numbers the issue tracks, plus the whole scaling curve."""
     serial, vectorised = result.serial, result.at("vectorised", 0, result.spec.meta_batch_size)
@@ -632,6 +674,8 @@ def main() -> None:
         png = settings.data_dir / f"throughput-{result.name}.png"
         png.write_bytes(scaling_png(result))
         pngs.append(png)
+    found = bars({result.name: result for result in results}, roofline)
+    print_bars(found)
     run_id = log_run(client, experiment_id, machine, results, pngs)
     print(f"\nfigures: {', '.join(str(p) for p in pngs)}")
     print(f"MLflow: {settings.tracking_uri}, experiment {BENCH_EXPERIMENT!r}, run {run_id}")
@@ -641,6 +685,7 @@ def main() -> None:
         for name, numbers in summaries.items():
             prefix = "" if name == HEADLINE else f"{name}_"
             line |= {prefix + k: v for k, v in numbers.items() if k != "scaling"}
+        line["bars"] = [asdict(bar) for bar in found]
         print(json.dumps(line | {"workloads": summaries, "mlflow_run_id": run_id}))
 
 
