@@ -52,6 +52,12 @@ def _draw(seeds: list[int], shots: int) -> tuple[Tensor, Tensor, Tensor]:
     return amplitude, phase, _scale(uniform[:, 2:], X_RANGE).unsqueeze(-1)
 
 
+def _wave_and_inputs(seed: int, shots: int) -> tuple[SineWave, Tensor]:
+    """The sine function of the task of `seed` and its `shots` inputs, shape (shots, 1)."""
+    amplitude, phase, x = _draw([seed], shots)
+    return SineWave(amplitude=amplitude.item(), phase=phase.item()), x[0]
+
+
 def query_grid() -> Tensor:
     """The evenly spaced evaluation inputs, shape (50, 1)."""
     return torch.linspace(*X_RANGE, QUERY_POINTS).unsqueeze(1)
@@ -76,8 +82,8 @@ class SineFamily:
 
     def wave(self, seed: int) -> SineWave:
         """The sine function behind the task with this seed."""
-        amplitude, phase, _ = _draw([seed], 0)
-        return SineWave(amplitude=amplitude.item(), phase=phase.item())
+        wave, _ = _wave_and_inputs(seed, 0)
+        return wave
 
     def sample_tasks(self, seeds: list[int]) -> Task:
         amplitude, phase, x = _draw(seeds, self.shots)  # x: (tasks, shots, 1)
@@ -89,8 +95,6 @@ class SineFamily:
         return Task(inputs=tasks.inputs[0], targets=tasks.targets[0])
 
     def sample_eval_task(self, seed: int) -> EvalTask:
-        amplitude, phase, x = _draw([seed], self.eval_shots)
-        wave = SineWave(amplitude=amplitude.item(), phase=phase.item())
-        x = x[0]  # (eval_shots, 1)
+        wave, x = _wave_and_inputs(seed, self.eval_shots)
         grid = query_grid()
         return EvalTask(support=Task(x, wave(x)), query=Task(grid, wave(grid)))
