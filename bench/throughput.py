@@ -428,8 +428,8 @@ def print_tables(result: WorkloadResult, roofline: float) -> None:
         f"(forward + backward), {result.flops['vectorised'] / 1e6:,.1f} M with the scoring of φ "
         "and W_i; roof: one thread's matmul rate per core used"
     )
-    header = ("path", "actors", "mode", "tasks/s", "×serial", "ms/round", "compute", "overhead")
-    header += ("logging", "GFLOP/s", "% roof")
+    header: tuple[str, ...] = ("path", "actors", "mode", "tasks/s", "×serial", "ms/round")
+    header += ("compute", "overhead", "logging", "GFLOP/s", "% roof")
     print(f"{header[0]:<12}{header[1]:>7}{header[2]:>9}", end="")
     print("".join(f"{h:>10}" for h in header[3:]) + f"{'peak RSS/actor':>18}")
     for m in result.side_by_side():

@@ -27,7 +27,7 @@ from reptile.params import Params, init_params, params_of, subtract, to_numpy, t
 from reptile.tasks import Task, task_seeds
 from reptile.tasks.base import Batching
 from reptile.tasks.sine import SineFamily
-from workers.actor import InnerLoopWorker
+from workers.actor import ChunkOutput, ChunkRequest, InnerLoopWorker, pack, unpack
 
 FAMILY = SineFamily()
 
@@ -222,7 +222,8 @@ def test_a_chunk_computes_on_the_given_device_and_the_actor_returns_numpy() -> N
     on_meta = run_tasks(FAMILY, FAMILY.make_model().to("meta"), phi, seeds, inner, "meta")
     assert {t.device.type for t in [*on_meta.delta_sum.values(), on_meta.loss_after]} == {"meta"}
     worker = InnerLoopWorker("sine", {}, device="cpu")
-    output = worker.run_chunk(to_numpy(phi), np.array(seeds, np.uint64), inner)
+    request = pack(ChunkRequest(seeds, inner, to_numpy(phi)))
+    output = unpack(worker.run_chunk(request), ChunkOutput)
     expected = run_tasks(FAMILY, model, phi, seeds, inner)
     assert isinstance(output.loss_after, np.ndarray) and output.count == 3
     assert np.allclose(output.loss_after, expected.loss_after.numpy())
