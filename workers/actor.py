@@ -51,7 +51,7 @@ class ChunkRequest:
     enough to travel inline (a large φ comes from the object store, as `run_chunk`'s own
     argument)."""
 
-    seeds: list[int]
+    seeds: np.ndarray  # uint64, one buffer rather than a Python int per task
     inner: InnerConfig
     phi: dict[str, np.ndarray] | None = None
 
@@ -99,7 +99,7 @@ class InnerLoopWorker:
             self.steps[inner] = chunk_step(self.family, self.model, inner)
         step = self.steps[inner]
         result = run_tasks(
-            self.family, self.model, from_numpy(phi), call.seeds, inner, self.device, step
+            self.family, self.model, from_numpy(phi), call.seeds.tolist(), inner, self.device, step
         )
         output = ChunkOutput(
             delta_sum=to_numpy(result.delta_sum),

@@ -111,7 +111,7 @@ class WorkerPool:
         inline = sum(array.nbytes for array in arrays.values()) <= INLINE_PHI_BYTES
         stored_phi = () if inline else (ray.put(arrays),)
         requests = [
-            pack(ChunkRequest(chunk, inner, arrays if inline else None))
+            pack(ChunkRequest(np.array(chunk, np.uint64), inner, arrays if inline else None))
             for chunk in split(seeds, len(self.actors))
         ]
         results: list[ChunkOutput | None] = [None] * len(requests)

@@ -222,10 +222,27 @@ def test_a_chunk_computes_on_the_given_device_and_the_actor_returns_numpy() -> N
     on_meta = run_tasks(FAMILY, FAMILY.make_model().to("meta"), phi, seeds, inner, "meta")
     assert {t.device.type for t in [*on_meta.delta_sum.values(), on_meta.loss_after]} == {"meta"}
     worker = InnerLoopWorker("sine", {}, device="cpu")
-    request = pack(ChunkRequest(seeds, inner, to_numpy(phi)))
+    request = pack(ChunkRequest(np.array(seeds, np.uint64), inner, to_numpy(phi)))
     output = unpack(worker.run_chunk(request), ChunkOutput)
     expected = run_tasks(FAMILY, model, phi, seeds, inner)
     assert isinstance(output.loss_after, np.ndarray) and output.count == 3
     assert np.allclose(output.loss_after, expected.loss_after.numpy())
     for name in phi:
         assert np.allclose(output.delta_sum[name], expected.delta_sum[name].numpy())
+
+
+def test_the_actor_takes_phi_inline_or_as_its_own_argument_and_nothing_else() -> None:
+    """A small φ rides in the packed request, a large one comes as the call's second argument
+    (from the object store); both give the same chunk, and a request without φ is refused."""
+    phi = to_numpy(init_params(FAMILY.make_model(), 4))
+    seeds = np.array(task_seeds(1, 0, 4), np.uint64)
+    inner = InnerConfig(steps=3, batch_size=10, lr=0.02)
+    worker = InnerLoopWorker("sine", {}, device="cpu")
+    inline = unpack(worker.run_chunk(pack(ChunkRequest(seeds, inner, phi))), ChunkOutput)
+    stored = unpack(worker.run_chunk(pack(ChunkRequest(seeds, inner)), phi), ChunkOutput)
+    assert np.array_equal(inline.loss_after, stored.loss_after)
+    assert all(np.array_equal(inline.delta_sum[n], stored.delta_sum[n]) for n in phi)
+    with pytest.raises(ValueError, match="without φ"):
+        worker.run_chunk(pack(ChunkRequest(seeds, inner)))
+    with pytest.raises(TypeError, match="expected a packed ChunkRequest, got dict"):
+        worker.run_chunk(pack(phi))
