@@ -8,11 +8,13 @@ import json
 import logging
 import os
 import re
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
+from types import FrameType
 from typing import Annotated, Any, NoReturn
 
 import httpx
@@ -57,7 +59,25 @@ def _mlflow_ui(settings: Settings, port: int) -> subprocess.Popen[bytes]:
         "--port",
         str(port),
     ]
-    return subprocess.Popen(command)
+    # in a session of its own: MLflow's server starts workers and job runners, and
+    # `_stop_session` stops them all with it
+    return subprocess.Popen(command, start_new_session=True)
+
+
+def _stop_session(process: subprocess.Popen[bytes], grace_s: float = 30) -> None:
+    """SIGTERM a process started with `start_new_session` and every process of its group, wait
+    up to `grace_s` for it, then SIGKILL whatever of the group is left."""
+    with suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    with suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=grace_s)
+    with suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+def _exit_on_signal(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
 
 
 @app.command()
@@ -81,6 +101,10 @@ def serve(
     local_store = settings.mlflow_tracking_uri is None
     if ui and local_store and "mlflow_ui_url" not in settings.model_fields_set:
         settings = settings.model_copy(update={"mlflow_ui_url": f"http://127.0.0.1:{ui_port}"})
+    # uvicorn shuts down gracefully on SIGTERM, then raises it again for the handler it found:
+    # as an exception, rather than the default handler's instant exit, it leaves through
+    # `finally` below, so the MLflow UI stops with the API
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     mlflow_ui = _mlflow_ui(settings, ui_port) if ui and local_store else None
     if mlflow_ui is not None:
         print(f"MLflow UI: http://127.0.0.1:{ui_port}")
@@ -88,8 +112,7 @@ def serve(
         uvicorn.run(create_app(settings), host=host or settings.host, port=port or settings.port)
     finally:
         if mlflow_ui is not None:
-            mlflow_ui.terminate()
-            mlflow_ui.wait(timeout=30)
+            _stop_session(mlflow_ui)
 
 
 class _YamlLoader(yaml.SafeLoader):
