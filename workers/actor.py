@@ -58,7 +58,7 @@ class ChunkRequest:
 
 @dataclass(frozen=True)
 class ChunkOutput:
-    """A chunk's result in numpy form, cheap to move through the object store."""
+    """A chunk's result in numpy form, on the CPU; `run_chunk` returns it packed."""
 
     delta_sum: dict[str, np.ndarray]
     count: int

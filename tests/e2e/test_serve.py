@@ -39,7 +39,7 @@ def test_stopping_the_service_stops_its_mlflow_ui_and_all_it_started(tmp_path: P
             for child in psutil.Process(serve.pid).children()
             if "mlflow server" in " ".join(child.cmdline())
         ]
-        started = [server, *server.children(recursive=True)]  # its web workers, job runners
+        started = [server, *server.children(recursive=True)]  # its web worker, and any more
         assert len(started) > 1
         serve.send_signal(signal.SIGTERM)
         assert serve.wait(timeout=120) == 128 + signal.SIGTERM
