@@ -2,39 +2,53 @@
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from itertools import repeat
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from reptile.inner import InnerOptimizer, LossFn, adapt, full_batches, task_loss
+from reptile.inner import (
+    BatchLoss,
+    InnerOptimizer,
+    LossFn,
+    adapt,
+    batch_loss,
+    full_batches,
+    make_step,
+    stacked_copies,
+    task_loss,
+    tasks_loss,
+    trajectory,
+)
 from reptile.params import Params
 from reptile.tasks import EvalTask, Task, TaskFamily
+from reptile.tasks.base import stack
 
 
-def adapted_losses(
-    family: TaskFamily,
-    model: nn.Module,
+def query_losses(
+    loss: BatchLoss,
     phi: Params,
-    task: EvalTask,
+    support: Task,
+    query: Task,
     step_counts: Iterable[int],
     lr: float,
     optimizer: InnerOptimizer,
-) -> dict[int, float]:
-    """Query loss after adapting to the support set for each of `step_counts` (0 = φ itself)."""
-    losses = {}
-    for steps in sorted(set(step_counts)):
-        batches = full_batches(len(task.support.inputs), steps)
-        weights = adapt(
-            model,
-            phi,
-            task.support,
-            loss_fn=family.loss,
-            batches=batches,
-            lr=lr,
-            optimizer=optimizer,
-        )
-        losses[steps] = task_loss(model, weights, family.loss, task.query).item()
+) -> dict[int, Tensor]:
+    """Query loss after adapting to the support set for each of `step_counts` (0 = φ itself).
+
+    One adaptation of the most steps, scored on its way: full-batch steps are deterministic,
+    so a shorter adaptation is a prefix of it. `loss` may be per task over stacked tasks
+    (`tasks_loss`, with φ stacked alike): then every loss is a (tasks,) tensor.
+    """
+    counts = set(step_counts)
+    step = make_step(loss, lr=lr, optimizer=optimizer)
+    batches = repeat((support.inputs, support.targets), max(counts))
+    with torch.no_grad():
+        losses = {0: loss(phi, query.inputs, query.targets)} if 0 in counts else {}
+        for steps, (weights, _) in enumerate(trajectory(step, phi, batches), start=1):
+            if steps in counts:
+                losses[steps] = loss(weights, query.inputs, query.targets)
     return losses
 
 
@@ -47,13 +61,32 @@ def evaluate(
     lr: float,
     optimizer: InnerOptimizer,
 ) -> dict[int, float]:
-    """Mean query loss over the held-out tasks of `seeds`, per number of adaptation steps."""
+    """Mean query loss over the held-out tasks of `seeds`, per number of adaptation steps.
+
+    The tasks adapt all at once where the family batches its tasks (held-out tasks share their
+    shapes too), else one after another, as `run_tasks` does.
+    """
     step_counts = sorted(set(step_counts))
-    per_task = [
-        adapted_losses(family, model, phi, family.sample_eval_task(s), step_counts, lr, optimizer)
-        for s in seeds
-    ]
-    return {k: sum(t[k] for t in per_task) / len(per_task) for k in step_counts}
+    tasks = [family.sample_eval_task(s) for s in seeds]
+    if family.batching == "loop":
+        per_task = [
+            query_losses(
+                batch_loss(model, family.loss), phi, t.support, t.query, step_counts, lr, optimizer
+            )
+            for t in tasks
+        ]
+        losses = {k: torch.stack([p[k] for p in per_task]) for k in step_counts}
+    else:
+        losses = query_losses(
+            tasks_loss(model, family.loss, family.batching),
+            stacked_copies(phi, len(tasks)),
+            stack([t.support for t in tasks]),
+            stack([t.query for t in tasks]),
+            step_counts,
+            lr,
+            optimizer,
+        )
+    return {k: v.mean().item() for k, v in losses.items()}
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ bench/throughput.py measures each family's modes side by side.
 """
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -169,21 +169,30 @@ def make_step(
     return step
 
 
-def descend(
+def trajectory(
     step: InnerStep, weights: Params, batches: Iterable[tuple[Tensor, Tensor]]
-) -> tuple[Params, list[Tensor]]:
-    """One inner `step` per (inputs, targets) mini-batch of `batches`.
+) -> Iterator[tuple[Params, Tensor]]:
+    """One inner `step` per (inputs, targets) mini-batch of `batches`, yielding the weights after
+    each step and the step's loss: that of the weights it started from, on its mini-batch.
 
-    Returns the final weights and each step's loss: that of the weights the step started from,
-    on its mini-batch, which the step computes anyway (the first one scores φ for free).
     Adam's state starts from zero here, so it never carries over from another call.
     """
     second_moment = {name: torch.zeros_like(w) for name, w in weights.items()}
-    losses = []
     for number, (inputs, targets) in enumerate(batches, start=1):
-        weights, second_moment, step_losses = step(
+        weights, second_moment, losses = step(
             weights, second_moment, inputs, targets, adam_correction(number)
         )
+        yield weights, losses
+
+
+def descend(
+    step: InnerStep, weights: Params, batches: Iterable[tuple[Tensor, Tensor]]
+) -> tuple[Params, list[Tensor]]:
+    """The final weights of the `trajectory`, and each step's loss (the first one scores φ for
+    free: a step computes it anyway)."""
+    losses = []
+    for after, step_losses in trajectory(step, weights, batches):
+        weights = after
         losses.append(step_losses)
     return weights, losses
 
@@ -230,6 +239,11 @@ def gather(stacked: Tensor, indices: Tensor) -> Tensor:
     return stacked[rows, indices]
 
 
+def stacked_copies(params: Params, count: int) -> Params:
+    """`count` copies of `params`, stacked as (count, *shape): every task's own start from φ."""
+    return {name: t.detach().expand(count, *t.shape).clone() for name, t in params.items()}
+
+
 def adapt_tasks(
     step: InnerStep, params: Params, inputs: Tensor, targets: Tensor, batches: Tensor
 ) -> tuple[Params, list[Tensor]]:
@@ -240,10 +254,9 @@ def adapt_tasks(
     points, `batches` (tasks, steps, batch) their mini-batch indices. Every task starts from its
     own copy of φ. `params` are not modified.
     """
-    count = len(batches)
     return descend(
         step,
-        {name: t.detach().expand(count, *t.shape).clone() for name, t in params.items()},
+        stacked_copies(params, len(batches)),
         ((gather(inputs, b), gather(targets, b)) for b in batches.transpose(0, 1)),
     )
 
