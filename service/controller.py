@@ -332,7 +332,7 @@ class Controller:
             checkpoint_path = self.store.checkpoint_path(job_id)
             resume = read_checkpoint(checkpoint_path) if checkpoint_path.exists() else None
             tracker = self._tracker(record)
-            pool = make_pool(self.settings, spec, record.dataset)
+            pool = make_pool(self.settings, spec, record.dataset, active.stop.is_set)
             trainer = MetaTrainer(
                 spec,
                 pool,

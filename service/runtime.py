@@ -49,7 +49,12 @@ def prepare_dataset(settings: Settings, spec: AnyJobSpec) -> str | None:
     return str(prepared)
 
 
-def make_pool(settings: Settings, spec: AnyJobSpec, dataset: str | None) -> WorkerPool:
+def make_pool(
+    settings: Settings,
+    spec: AnyJobSpec,
+    dataset: str | None,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> WorkerPool:
     return WorkerPool(
         task=spec.task,
         task_options=spec.task_options(dataset),
@@ -58,6 +63,7 @@ def make_pool(settings: Settings, spec: AnyJobSpec, dataset: str | None) -> Work
         round_timeout_s=settings.round_timeout_s,
         start_timeout_s=settings.actor_start_timeout_s,
         chunk_retries=settings.chunk_retries,
+        should_stop=should_stop,
     )
 
 

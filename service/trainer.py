@@ -89,8 +89,11 @@ class MetaTrainer:
         """Train until the last round (returns True) or until `should_stop()` (returns False).
 
         Either way φ and the outer optimiser are checkpointed at the round reached; so they
-        are when a round fails (workers lost, divergence), at the last round completed.
+        are when a round fails (workers lost, divergence), at the last round completed. A job
+        stopped before it starts (while its workers started) stops at once, with nothing new.
         """
+        if should_stop():
+            return False
         if self.start_round == 0 and not self.history:
             self.on_progress(Progress(0, {}, evaluation=self.evaluate(0)))
         try:

@@ -10,6 +10,7 @@ remembers which nodes ran its chunks.
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,8 @@ log = logging.getLogger(__name__)
 
 # Ray's own limit for arguments passed by value (RAY_max_direct_call_object_size)
 INLINE_PHI_BYTES = 100 * 1024
+# how often a pool whose actors are starting checks whether its job was stopped
+STOP_POLL_S = 0.5
 
 
 class PoolError(RuntimeError):
@@ -56,7 +59,11 @@ def split(seeds: list[int], parts: int) -> list[list[int]]:
 
 class WorkerPool:
     """`num_workers` stateless actors for one job's task family, each on `num_cpus` CPUs and,
-    when `num_gpus` > 0, that much of a GPU (the inner loops then run on it)."""
+    when `num_gpus` > 0, that much of a GPU (the inner loops then run on it).
+
+    Construction waits for the actors to start, unless `should_stop()` turns true first: the
+    pool is then returned unstarted, for the caller to see its stop and shut it down.
+    """
 
     def __init__(
         self,
@@ -69,6 +76,7 @@ class WorkerPool:
         chunk_retries: int = 2,
         num_cpus: float = 1.0,
         num_gpus: float = 0.0,
+        should_stop: Callable[[], bool] = lambda: False,
     ) -> None:
         if problem := shortfall(num_workers, num_cpus, num_gpus):
             raise PoolError(problem)
@@ -85,12 +93,26 @@ class WorkerPool:
         self.actors = [self._new_actor() for _ in range(num_workers)]
         self.node_ids: set[str] = set()  # the Ray nodes that have run this pool's chunks
         try:
-            ray.get([actor.pid.remote() for actor in self.actors], timeout=start_timeout_s)
+            self._wait_started(should_stop)
         except (RayError, GetTimeoutError) as error:
             self.shutdown()
             raise PoolError(
                 f"the workers did not start within {start_timeout_s:g}s: {error}"
             ) from error
+
+    def _wait_started(self, should_stop: Callable[[], bool]) -> None:
+        """Wait until every actor has started, or until `should_stop()`: a job stopped while
+        its actors start (a cancel, a shutdown) then stops at once, not after the start-up."""
+        deadline = time.monotonic() + self._start_timeout_s
+        starting = [actor.pid.remote() for actor in self.actors]
+        while starting and not should_stop():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise GetTimeoutError(f"{len(starting)} of {len(self.actors)} still starting")
+            started, starting = ray.wait(
+                starting, num_returns=len(starting), timeout=min(remaining, STOP_POLL_S)
+            )
+            ray.get(started)  # raises for an actor that failed to start
 
     def _new_actor(self) -> Any:
         return self._remote.remote(*self._init_args)

@@ -12,7 +12,7 @@ from torch.func import functional_call
 from reptile.tasks import make_family
 from service.specs import SineJobSpec
 from tests.utils.reference import assert_same_phi, serial_phi
-from tests.utils.server import Server, events, resume, wait_for_state
+from tests.utils.server import Server, events, resume, wait_for_round, wait_for_state
 
 SMALL = {
     "rounds": 30,
@@ -266,6 +266,23 @@ def test_cancel_stops_within_a_round_and_keeps_what_was_learnt(server: Server) -
         run = MlflowClient(server.tracking_uri).get_run(record["mlflow"]["run_id"])
         assert run.info.status == "KILLED"
         assert client.post(f"/v1/jobs/{job['id']}/cancel").status_code == 409
+
+
+def test_a_job_cancelled_while_its_workers_wait_for_cpus_stops_at_once(server: Server) -> None:
+    """Its actor cannot start while another job holds every CPU of the server's Ray; the
+    cancel must not wait for that job (nor for the start deadline, 300 s)."""
+    long = {"rounds": 100_000, "meta_batch_size": 4, "eval_every": 0, "checkpoint_every": 1000}
+    with server.client() as client:
+        hog = client.post("/v1/jobs", json={**long, "num_workers": 4}).json()
+        wait_for_round(client, hog["id"], 1)
+        waiting = client.post("/v1/jobs", json={**long, "num_workers": 1}).json()
+        wait_for_state(client, waiting["id"], {"running"})
+        assert client.post(f"/v1/jobs/{waiting['id']}/cancel").status_code == 202
+        record = wait_for_state(client, waiting["id"], {"cancelled"}, timeout=60)
+        assert record["round"] == 0
+        assert client.get(f"/v1/jobs/{hog['id']}").json()["state"] == "running"
+        assert client.post(f"/v1/jobs/{hog['id']}/cancel").status_code == 202
+        wait_for_state(client, hog["id"], {"cancelled"}, timeout=60)
 
 
 def test_a_diverging_job_fails_with_the_reason(server: Server) -> None:

@@ -6,6 +6,7 @@ import signal
 import pytest
 import ray
 import torch
+from ray.util.placement_group import placement_group, remove_placement_group
 
 from reptile.inner import InnerConfig, InnerOptimizer
 from reptile.meta import MetaConfig, MetaOptimizer, epsilon
@@ -90,6 +91,28 @@ def test_more_workers_than_cpus_is_refused_up_front() -> None:
 def test_gpu_workers_on_a_cluster_without_enough_gpus_are_refused_up_front() -> None:
     with pytest.raises(PoolError, match="needs 1 GPUs; the Ray cluster has 0"):
         WorkerPool(task="sine", task_options={}, num_workers=2, num_gpus=0.5)
+
+
+def test_a_pool_stops_waiting_for_its_actors_when_its_job_stops() -> None:
+    """Actors that cannot start (every CPU reserved) hold a pool up until its start deadline,
+    unless its job is stopped (cancel, shutdown): then the pool returns unstarted at once."""
+    everything = placement_group([{"CPU": 4}])
+    ray.get(everything.ready(), timeout=60)
+    try:
+        with pytest.raises(PoolError, match=r"did not start within 1s: 1 of 1 still starting"):
+            WorkerPool(task="sine", task_options={}, num_workers=1, start_timeout_s=1)
+        checks = iter([False, False, True])
+        pool = WorkerPool(
+            task="sine",
+            task_options={},
+            num_workers=1,
+            start_timeout_s=120,
+            should_stop=lambda: next(checks),
+        )
+        pool.shutdown()
+        assert next(checks, "consulted until it said stop") == "consulted until it said stop"
+    finally:
+        remove_placement_group(everything)
 
 
 def test_fractional_gpu_actors_pack_onto_whole_gpus() -> None:

@@ -80,8 +80,7 @@ def test_stop_and_resume_gives_the_uninterrupted_result(tmp_path: Path) -> None:
     path = tmp_path / "ckpt.safetensors"
     spec = SPEC.model_copy(update={"outer_optimizer": "adam", "outer_lr": 0.01})
     first = MetaTrainer(spec, InProcessRunner(spec), RecordingSink(), path)
-    stops = iter([False, False, True])
-    assert first.run(should_stop=lambda: next(stops)) is False
+    assert first.run(should_stop=lambda: first.round >= 3) is False
     checkpoint = read_checkpoint(path)
     assert checkpoint.round == 3
     resumed = MetaTrainer(spec, InProcessRunner(spec), RecordingSink(), path, resume=checkpoint)
@@ -89,6 +88,17 @@ def test_stop_and_resume_gives_the_uninterrupted_result(tmp_path: Path) -> None:
     straight = MetaTrainer(spec, InProcessRunner(spec), RecordingSink(), tmp_path / "b")
     straight.run()
     assert all(torch.equal(resumed.phi[n], straight.phi[n]) for n in straight.phi)
+
+
+def test_a_job_stopped_before_its_first_round_does_nothing(tmp_path: Path) -> None:
+    """A stop that came while the workers started: no evaluation, no round, no checkpoint."""
+    sink = RecordingSink()
+    trainer = MetaTrainer(SPEC, InProcessRunner(SPEC), sink, tmp_path / "d")
+    phi = {n: t.clone() for n, t in trainer.phi.items()}
+    assert trainer.run(should_stop=lambda: True) is False
+    assert (trainer.round, sink.metrics, sink.artifacts) == (0, [], {})
+    assert not (tmp_path / "d").exists()
+    assert all(torch.equal(trainer.phi[n], phi[n]) for n in phi)
 
 
 def test_divergence_fails_the_round_and_keeps_phi(tmp_path: Path) -> None:
