@@ -31,16 +31,21 @@ app = typer.Typer(help="Reptile meta-learning service", no_args_is_help=True)
 
 
 def quiet_openmp() -> None:
-    """Let idle OpenMP threads sleep in this process; call it before torch is imported.
+    """Let idle OpenMP threads sleep soon in this process; call it before torch is imported.
 
-    The controller shares the machine with its local actors. At libgomp's default wait policy
+    The controller shares the machine with its local actors. At libgomp's default spin count
     the helper thread of each torch op the controller ran on two threads (the meta-update,
     checks) spun on after it, at 80–90 % of a core during a sine job, on a core an actor
     needed: with 2 actors on 2 cores a round of 32 tasks took a median 8–15 ms through
-    `reptile serve`, and 6.5–7.4 ms with PASSIVE (as fast as one thread, while evaluation
-    and adaptations keep their threads). A value set by the user is kept.
+    `reptile serve`, against 6.5–7.4 ms once idle threads slept. Not at once, though
+    (OMP_WAIT_POLICY=PASSIVE): MKL runs even a 10×64 matmul on both threads, and waking a
+    sleeping one cost ~50 µs an op, which made a sine adaptation 2.8× slower (15 against
+    5.5 ms) and a sine evaluation's inner loops ~1.5×. 1,000 spins (tens of µs) keep a
+    burst of small ops on awake threads and leave a thread idle between rounds at ~7 % of
+    a core. A wait policy or spin count set by the user is kept.
     """
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if "OMP_WAIT_POLICY" not in os.environ:
+        os.environ.setdefault("GOMP_SPINCOUNT", "1000")
 
 
 def _mlflow_ui(settings: Settings, port: int) -> subprocess.Popen[bytes]:

@@ -1,4 +1,4 @@
-"""`reptile serve` and `reptile train` let idle OpenMP threads sleep (`quiet_openmp`)."""
+"""`reptile serve` and `reptile train` let idle OpenMP threads sleep soon (`quiet_openmp`)."""
 
 import os
 import subprocess
@@ -9,19 +9,21 @@ import os, sys
 import service.cli
 assert "torch" not in sys.modules, "importing the CLI loaded torch: too late to set the policy"
 service.cli.quiet_openmp()
-import torch  # libgomp reads OMP_WAIT_POLICY as it loads, with torch
-print(os.environ["OMP_WAIT_POLICY"])
+import torch  # libgomp reads its settings as it loads, with torch
+print(os.environ.get("OMP_WAIT_POLICY"), os.environ.get("GOMP_SPINCOUNT"))
 """
+OPENMP = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 
 
-def _policy(**env: str) -> str:
-    base = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+def _settings(**env: str) -> str:
+    base = {k: v for k, v in os.environ.items() if k not in OPENMP}
     done = subprocess.run(
         [sys.executable, "-c", PROBE], env=base | env, capture_output=True, text=True, check=True
     )
     return done.stdout.strip()
 
 
-def test_the_policy_is_set_before_torch_loads_and_a_users_choice_is_kept() -> None:
-    assert _policy() == "PASSIVE"
-    assert _policy(OMP_WAIT_POLICY="ACTIVE") == "ACTIVE"
+def test_the_spin_count_is_set_before_torch_loads_and_a_users_choice_is_kept() -> None:
+    assert _settings() == "None 1000"
+    assert _settings(OMP_WAIT_POLICY="PASSIVE") == "PASSIVE None"
+    assert _settings(GOMP_SPINCOUNT="0") == "None 0"
