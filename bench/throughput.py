@@ -26,7 +26,8 @@ tasks/s, over float32 `torch.mm` GFLOP/s on one thread per core used. Then tasks
 overhead against the meta-batch size (sine: 1, 2, 4 … 256; --quick: a subset) and the number of
 actors, drawn to a PNG and logged as a run of the MLflow experiment "reptile-bench"; last, the
 issue's bars, each with this run's value and whether it met it (`bars` in the --json line).
-In-process paths use one thread, like an actor.
+In-process paths use one thread, like an actor; serial and vectorised run once more on all of
+the machine's cores ("threads" column), since "one process" may use the whole machine.
 
     python bench/throughput.py [--quick] [--json] [--workload NAME] [--data-dir DIR]
                                [--tracking-uri URI]
@@ -38,6 +39,8 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import get_args
@@ -153,6 +156,7 @@ class Measurement:
     logging: float  # between rounds: metrics to the tracker, bookkeeping
     peak_rss_bytes: list[int] = field(default_factory=list)  # per actor, so far
     mode: str = "-"  # how `run_tasks` batched a chunk's tasks, `Batching` (serial: "-")
+    threads: int = 1  # torch's threads per process (in this process, or each actor's)
 
     @property
     def tasks_per_s(self) -> float:
@@ -174,6 +178,7 @@ class WorkloadResult:
     other_modes: list[Measurement]  # vectorised in the modes the family does not use
     scaling: list[Measurement]  # vectorised and service, every meta-batch size and actor count
     compiled: list[Measurement]  # the same with `compile_inner_loop`, at `compiled_sizes`
+    all_cores: list[Measurement]  # serial and vectorised on every core (none on one core)
     flops: dict[str, float]  # per task: "serial" (the inner loop), "vectorised" (+ scoring)
 
     def gflops(self, m: Measurement) -> float:
@@ -198,7 +203,12 @@ class WorkloadResult:
         size = self.spec.meta_batch_size
         rows = [self.serial, self.at("vectorised", 0, size), *self.other_modes]
         rows += [self.at("service", n, size) for n in ACTORS]
-        return rows + [m for m in self.compiled if m.meta_batch_size == size]
+        return rows + [m for m in self.compiled if m.meta_batch_size == size] + self.all_cores
+
+    def best_serial(self) -> Measurement:
+        """The serial loop at its faster thread count: what a ratio on all cores compares to."""
+        candidates = [self.serial] + [m for m in self.all_cores if m.path == "serial"]
+        return max(candidates, key=lambda m: m.tasks_per_s)
 
     def overhead_below_bar_from(self, actors: int) -> int | None:
         """The smallest meta-batch size from which the service's overhead stays under the bar."""
@@ -208,6 +218,17 @@ class WorkloadResult:
                 break
             below = size
         return below
+
+
+@contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """torch's intra-op threads in this process set to `count` for the block."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def actors_label(count: int) -> str:
@@ -233,7 +254,17 @@ def measure_serial(family: TaskFamily, spec: AnyJobSpec) -> Measurement:
     started = time.perf_counter()
     train_serial(family, spec.meta_config(), spec.seed)
     seconds = time.perf_counter() - started
-    return Measurement("serial", 0, spec.meta_batch_size, spec.rounds, seconds, seconds, 0.0, 0.0)
+    return Measurement(
+        "serial",
+        0,
+        spec.meta_batch_size,
+        spec.rounds,
+        seconds,
+        seconds,
+        0.0,
+        0.0,
+        threads=torch.get_num_threads(),
+    )
 
 
 def other_families(spec: AnyJobSpec, dataset: str | None, used: Batching) -> list[TaskFamily]:
@@ -252,16 +283,14 @@ def other_families(spec: AnyJobSpec, dataset: str | None, used: Batching) -> lis
 
 def matmul_gflops(threads: int, size: int = 2048, repeats: int = 5) -> float:
     """The roofline: float32 `torch.mm` GFLOP/s on `threads` threads (best of `repeats`)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
     a, b = torch.randn(size, size), torch.randn(size, size)
-    torch.mm(a, b)
     best = float("inf")
-    for _ in range(repeats):
-        started = time.perf_counter()
+    with torch_threads(threads):
         torch.mm(a, b)
-        best = min(best, time.perf_counter() - started)
-    torch.set_num_threads(previous)
+        for _ in range(repeats):
+            started = time.perf_counter()
+            torch.mm(a, b)
+            best = min(best, time.perf_counter() - started)
     return 2 * size**3 / best / 1e9
 
 
@@ -310,6 +339,7 @@ def measure_vectorised(family: TaskFamily, spec: AnyJobSpec) -> Measurement:
         seconds - compute,
         0.0,
         mode=label(family, spec),
+        threads=torch.get_num_threads(),
     )
 
 
@@ -361,13 +391,21 @@ def measure_service(
 
 def run_workload(name: str, spec: AnyJobSpec, settings: Settings, effort: Effort) -> WorkloadResult:
     """Serial and the other modes at the spec's meta-batch size; vectorised and service at every
-    size.
+    size; first, before the actors start, serial and vectorised on all cores.
 
     The paths of one meta-batch size run back to back, the table's size first, so that a
     neighbour's load on a shared machine weighs on the paths compared alike.
     """
     dataset = prepare_dataset(settings, spec)
     family = make_family(spec.task, **spec.task_options(dataset))
+    size = spec.meta_batch_size
+    # Before any actor starts: idle actors left OpenMP's second thread here no gain (sine,
+    # meta-batch 32: 3.2 ms a round against 2.6 ms without them, and 3.3 on one thread).
+    all_cores = []
+    if (cores := os.cpu_count() or 1) > 1:
+        with torch_threads(cores):
+            timed = sized(spec, size, effort.rounds(size))
+            all_cores = [measure_serial(family, timed), measure_vectorised(family, timed)]
     pools = {n: make_pool(settings, sized(spec, 1, 1, num_workers=n), dataset) for n in ACTORS}
     try:
         phi = init_params(family.make_model(), spec.seed)
@@ -399,7 +437,6 @@ def run_workload(name: str, spec: AnyJobSpec, settings: Settings, effort: Effort
             ]
             return [vectorised, *services]
 
-        size = spec.meta_batch_size
         serial = measure_serial(family, sized(spec, size, effort.rounds(size)))
         scaling = measure(size)
         other_modes = [
@@ -414,7 +451,7 @@ def run_workload(name: str, spec: AnyJobSpec, settings: Settings, effort: Effort
         for pool in pools.values():
             pool.shutdown()
     flops = flops_per_task(family, spec)
-    return WorkloadResult(name, spec, serial, other_modes, scaling, compiled, flops)
+    return WorkloadResult(name, spec, serial, other_modes, scaling, compiled, all_cores, flops)
 
 
 def print_tables(result: WorkloadResult, roofline: float) -> None:
@@ -428,19 +465,20 @@ def print_tables(result: WorkloadResult, roofline: float) -> None:
         f"(forward + backward), {result.flops['vectorised'] / 1e6:,.1f} M with the scoring of φ "
         "and W_i; roof: one thread's matmul rate per core used"
     )
-    header: tuple[str, ...] = ("path", "actors", "mode", "tasks/s", "×serial", "ms/round")
-    header += ("compute", "overhead", "logging", "GFLOP/s", "% roof")
-    print(f"{header[0]:<12}{header[1]:>7}{header[2]:>9}", end="")
-    print("".join(f"{h:>10}" for h in header[3:]) + f"{'peak RSS/actor':>18}")
+    header: tuple[str, ...] = ("path", "actors", "threads", "mode", "tasks/s", "×serial")
+    header += ("ms/round", "compute", "overhead", "logging", "GFLOP/s", "% roof")
+    print(f"{header[0]:<12}{header[1]:>7}{header[2]:>8}{header[3]:>11}", end="")
+    print("".join(f"{h:>10}" for h in header[4:]) + f"{'peak RSS/actor':>18}")
     for m in result.side_by_side():
         rss = " ".join(f"{b / MIB:.0f}" for b in m.peak_rss_bytes) + " MiB" if m.actors else "-"
         gflops = result.gflops(m)
+        cores_used = max(1, m.actors) * m.threads
         print(
-            f"{m.path:<12}{m.actors or '-':>7}{m.mode:>9}{m.tasks_per_s:>10.1f}"
+            f"{m.path:<12}{m.actors or '-':>7}{m.threads:>8}{m.mode:>11}{m.tasks_per_s:>10.1f}"
             f"{m.tasks_per_s / serial.tasks_per_s:>10.2f}{m.per_round_ms(m.seconds):>10.2f}"
             f"{m.per_round_ms(m.compute):>10.2f}{m.per_round_ms(m.overhead):>10.2f}"
             f"{m.per_round_ms(m.logging):>10.2f}{gflops:>10.1f}"
-            f"{100 * gflops / (roofline * max(1, m.actors)):>10.1f}{rss:>18}"
+            f"{100 * gflops / (roofline * cores_used):>10.1f}{rss:>18}"
         )
     print(
         f"\n{result.name}: tasks/s (× serial) and the service's overhead (% of wall time) "
@@ -522,6 +560,12 @@ def bars(results: dict[str, WorkloadResult], roofline: float) -> list[Bar]:
                     ", compiled" if compiled else ""
                 )
                 found.append(Bar(name, f">= {target:g}x serial", ratio, ratio >= target))
+        for m in sine.all_cores:
+            if m.path == "vectorised":  # the whole machine for both loops, each at its best
+                ratio = m.tasks_per_s / sine.best_serial().tasks_per_s
+                where = f"one process, {m.threads} threads, meta-batch {m.meta_batch_size}"
+                name = f"sine vectorised, {where}"
+                found.append(Bar(name, ">= 10x best serial", ratio, ratio >= 10.0))
     if omniglot := results.get("omniglot"):
         m = omniglot.at("service", 2, omniglot.spec.meta_batch_size)
         overhead = 100 * m.overhead_fraction
@@ -551,6 +595,7 @@ def summary(result: WorkloadResult) -> dict[str, object]:
         "service_tasks_per_s": by_actors[2].tasks_per_s,
         "ray_overhead_fraction": by_actors[2].overhead_fraction,
         "service_1_actor_tasks_per_s": by_actors[1].tasks_per_s,
+        **{f"{m.path}_all_cores_tasks_per_s": m.tasks_per_s for m in result.all_cores},
         "compiled": {
             f"{m.path}_{m.actors}_mb{m.meta_batch_size}_tasks_per_s": m.tasks_per_s
             for m in result.compiled
