@@ -399,13 +399,13 @@ def run_workload(name: str, spec: AnyJobSpec, settings: Settings, effort: Effort
     dataset = prepare_dataset(settings, spec)
     family = make_family(spec.task, **spec.task_options(dataset))
     size = spec.meta_batch_size
+    table = sized(spec, size, effort.rounds(size))  # the side-by-side table's rounds
     # Before any actor starts: idle actors left OpenMP's second thread here no gain (sine,
     # meta-batch 32: 3.2 ms a round against 2.6 ms without them, and 3.3 on one thread).
     all_cores = []
     if (cores := os.cpu_count() or 1) > 1:
         with torch_threads(cores):
-            timed = sized(spec, size, effort.rounds(size))
-            all_cores = [measure_serial(family, timed), measure_vectorised(family, timed)]
+            all_cores = [measure_serial(family, table), measure_vectorised(family, table)]
     pools = {n: make_pool(settings, sized(spec, 1, 1, num_workers=n), dataset) for n in ACTORS}
     try:
         phi = init_params(family.make_model(), spec.seed)
@@ -437,10 +437,10 @@ def run_workload(name: str, spec: AnyJobSpec, settings: Settings, effort: Effort
             ]
             return [vectorised, *services]
 
-        serial = measure_serial(family, sized(spec, size, effort.rounds(size)))
+        serial = measure_serial(family, table)
         scaling = measure(size)
         other_modes = [
-            measure_vectorised(other, sized(spec, size, effort.rounds(size)))
+            measure_vectorised(other, table)
             for other in other_families(spec, dataset, family.batching)
         ]
         for extra in effort.meta_batch_sizes:

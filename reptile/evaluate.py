@@ -13,12 +13,11 @@ from reptile.inner import (
     InnerOptimizer,
     LossFn,
     adapt,
-    batch_loss,
+    chunk_loss,
     full_batches,
     make_step,
     stacked_copies,
     task_loss,
-    tasks_loss,
     trajectory,
 )
 from reptile.params import Params
@@ -68,17 +67,15 @@ def evaluate(
     """
     step_counts = sorted(set(step_counts))
     tasks = [family.sample_eval_task(s) for s in seeds]
+    loss = chunk_loss(family, model)
     if family.batching == "loop":
         per_task = [
-            query_losses(
-                batch_loss(model, family.loss), phi, t.support, t.query, step_counts, lr, optimizer
-            )
-            for t in tasks
+            query_losses(loss, phi, t.support, t.query, step_counts, lr, optimizer) for t in tasks
         ]
         losses = {k: torch.stack([p[k] for p in per_task]) for k in step_counts}
     else:
         losses = query_losses(
-            tasks_loss(model, family.loss, family.batching),
+            loss,
             stacked_copies(phi, len(tasks)),
             stack([t.support for t in tasks]),
             stack([t.query for t in tasks]),
