@@ -7,21 +7,23 @@ confidence interval over tasks), and a grid of query images with their predicted
 
 import math
 from dataclasses import dataclass
+from functools import partial
 from typing import Protocol
 
 from reptile.evaluate import adapted_accuracy, evaluate
 from reptile.params import Params
 from reptile.tasks import eval_task_seeds, make_family
 from reptile.tasks.sine import SineFamily
-from service.plots import prediction_grid_png, sine_fit_png
+from service.plots import Drawing, prediction_grid_png, sine_fit_png
 from service.specs import AnyJobSpec, ImageJobSpec, SineJobSpec
 
 
 class Evaluation(Protocol):
     metric_prefix: str  # what the learning curve plots
 
-    def __call__(self, phi: Params, done: int) -> tuple[dict[str, float], dict[str, bytes]]:
-        """Metrics (name → value) and artifacts (path → bytes) for φ after `done` rounds."""
+    def __call__(self, phi: Params, done: int) -> tuple[dict[str, float], dict[str, Drawing]]:
+        """Metrics (name → value) for φ after `done` rounds, and its figures (artifact path →
+        drawing), drawn later by the tracker, off the training thread (φ must not change)."""
         ...
 
 
@@ -35,7 +37,7 @@ class SineEvaluation:
         self.model = self.family.make_model()
         self.seeds = eval_task_seeds(self.spec.eval_tasks)
 
-    def __call__(self, phi: Params, done: int) -> tuple[dict[str, float], dict[str, bytes]]:
+    def __call__(self, phi: Params, done: int) -> tuple[dict[str, float], dict[str, Drawing]]:
         spec = self.spec
         losses = evaluate(
             self.family,
@@ -48,7 +50,8 @@ class SineEvaluation:
         )
         metrics = {"eval_mse_before": losses[0]}
         metrics |= {f"eval_mse_after_{k}": v for k, v in losses.items() if k > 0}
-        figure = sine_fit_png(
+        figure = partial(
+            sine_fit_png,
             self.family,
             phi,
             seed=self.seeds[0],
@@ -84,7 +87,7 @@ class FewShotEvaluation:
         self.model = next(iter(self.families.values())).make_model()
         self.seeds = eval_task_seeds(self.spec.eval_tasks)
 
-    def __call__(self, phi: Params, done: int) -> tuple[dict[str, float], dict[str, bytes]]:
+    def __call__(self, phi: Params, done: int) -> tuple[dict[str, float], dict[str, Drawing]]:
         spec = self.spec
         metrics = {}
         for k, family in self.families.items():
@@ -104,9 +107,10 @@ class FewShotEvaluation:
             name = f"eval_acc_{spec.ways}w{k}s"
             metrics[name], metrics[f"{name}_ci95"] = mean_and_ci95(accuracies)
         k, family = next(iter(self.families.items()))
-        figure = prediction_grid_png(
+        figure = partial(
+            prediction_grid_png,
             family,
-            self.model,
+            family.make_model(),  # its own: `functional_call` swaps a module's weights in
             phi,
             family.sample_eval_task(self.seeds[0]),
             steps=spec.eval_steps,

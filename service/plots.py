@@ -1,27 +1,29 @@
 """Figures logged to MLflow: the sine fit (as in the Reptile blog), a few-shot prediction grid
-and the learning curve."""
+and the learning curve.
+
+Drawn with matplotlib's object-oriented `Figure`, never pyplot: pyplot keeps global state, and
+these figures are drawn on the trackers' background threads, several jobs at a time.
+"""
 
 import io
+from collections.abc import Callable
 
-import matplotlib
+from matplotlib.figure import Figure
+from torch import nn
+from torch.func import functional_call
 
-matplotlib.use("Agg")  # no display on servers; must precede pyplot
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from torch import nn  # noqa: E402
-from torch.func import functional_call  # noqa: E402
+from reptile.evaluate import adapt_and_predict
+from reptile.inner import InnerOptimizer
+from reptile.params import Params
+from reptile.tasks import EvalTask, TaskFamily
+from reptile.tasks.sine import SineFamily
 
-from reptile.evaluate import adapt_and_predict  # noqa: E402
-from reptile.inner import InnerOptimizer  # noqa: E402
-from reptile.params import Params  # noqa: E402
-from reptile.tasks import EvalTask, TaskFamily  # noqa: E402
-from reptile.tasks.sine import SineFamily  # noqa: E402
+Drawing = Callable[[], bytes]  # a figure to draw when called, as PNG bytes
 
 
 def _png(figure: Figure) -> bytes:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
-    plt.close(figure)
     return buffer.getvalue()
 
 
@@ -43,7 +45,8 @@ def sine_fit_png(
     after = adapt_and_predict(
         family.loss, model, phi, task.support, x, steps=steps, lr=lr, optimizer=optimizer
     ).predictions
-    figure, axes = plt.subplots(figsize=(7, 4))
+    figure = Figure(figsize=(7, 4))
+    axes = figure.subplots()
     axes.plot(x, task.query.targets, "k-", label="true")
     axes.plot(x, before, "b--", label="before adaptation (φ)")
     axes.plot(x, after, "r-", label=f"after {steps} steps")
@@ -56,7 +59,8 @@ def sine_fit_png(
 def learning_curve_png(history: list[dict[str, float]], metric_prefix: str) -> bytes:
     """Held-out metrics (`metric_prefix`*) against round: losses on a log scale, accuracies
     with their 95 % confidence intervals as error bars."""
-    figure, axes = plt.subplots(figsize=(7, 4))
+    figure = Figure(figsize=(7, 4))
+    axes = figure.subplots()
     keys = sorted(
         {k for row in history for k in row if k.startswith(metric_prefix)}
         - {k for row in history for k in row if k.endswith("_ci95")}
@@ -97,7 +101,8 @@ def prediction_grid_png(
     ).predictions.argmax(-1)
     rows = [("support", task.support, task.support.targets), ("query", task.query, predicted)]
     columns = max(len(t.inputs) for _, t, _ in rows)
-    figure, axes = plt.subplots(2, columns, figsize=(columns * 0.9, 2.4), squeeze=False)
+    figure = Figure(figsize=(columns * 0.9, 2.4))
+    axes = figure.subplots(2, columns, squeeze=False)
     for row, (kind, part, labels) in enumerate(rows):
         for column in range(columns):
             axis = axes[row][column]

@@ -1,12 +1,15 @@
 """MLflow tracking for one job, off the training thread and tolerant of MLflow outages.
 
-The trainer enqueues metrics and artifacts and never waits on MLflow. A background thread
-creates (or reopens) the job's run and replays the queue in order through `MlflowClient` with
-the explicit run id (jobs run concurrently, so the thread-local fluent run is never used). When
-MLflow is unreachable the thread keeps the queue, reports `degraded`, and retries until it
-comes back. Metrics also go to a journal on disk before they are queued, so a controller that
-is killed loses none: the job's next tracker replays what MLflow did not yet have. A job's final
-model is registered the same way, so an outage delays its registration but never fails the job.
+The trainer enqueues metrics, artifacts and figures and never waits on MLflow, nor on drawing
+a figure. A background thread creates (or reopens) the job's run and replays the queue in order
+through `MlflowClient` with the explicit run id (jobs run concurrently, so the thread-local
+fluent run is never used). When MLflow is unreachable the thread keeps the queue, reports
+`degraded`, and retries until it comes back. Metrics also go to a journal on disk before they
+are queued, so a controller that is killed loses none: the job's next tracker replays what
+MLflow did not yet have. A job's final model is registered the same way, so an outage delays
+its registration but never fails the job. The thread draws each figure when its turn comes, and
+only the latest one queued for a path (a backlog after an outage draws each figure once, not
+once per evaluation it missed).
 """
 
 import json
@@ -28,6 +31,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 
 from service.files import atomic_write
+from service.plots import Drawing
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +117,13 @@ class _Artifact:
 
 
 @dataclass(frozen=True)
+class _Figure:
+    draw: Drawing
+    artifact_path: str
+    number: int  # how many figures were logged to this path before it
+
+
+@dataclass(frozen=True)
 class _Tag:
     key: str
     value: str
@@ -129,6 +140,9 @@ class _Model:
 @dataclass(frozen=True)
 class _End:
     status: str | None  # None: leave the run open (the job will resume in it)
+
+
+_Record = _Metrics | _Artifact | _Tag | _Model | _End  # what reaches MLflow as it is
 
 
 class Tracker:
@@ -165,7 +179,8 @@ class Tracker:
         self.model: ModelVersionRef | None = None  # set once the model is registered
         self.degraded = False
         self.last_error: str | None = None
-        self._queue: queue.Queue[_Metrics | _Artifact | _Tag | _Model | _End] = queue.Queue()
+        self._queue: queue.Queue[_Record | _Figure] = queue.Queue()
+        self._figures: dict[str, int] = {}  # artifact path → figures logged to it
         self._journal = _Journal(staging_dir)
         entries, self._applied = self._journal.load()
         # a resumed job re-runs the rounds after its checkpoint: what is journaled stays as is
@@ -195,10 +210,14 @@ class Tracker:
 
     def log_artifact(self, data: bytes, artifact_path: str) -> None:
         """Log `data` as the file `artifact_path` (e.g. "plots/sine_fit.png"), replacing it."""
-        artifact_dir, _, name = artifact_path.rpartition("/")
-        staged = Path(tempfile.mkdtemp(dir=self._ensure_staging())) / name
-        staged.write_bytes(data)
-        self._queue.put(_Artifact(staged, artifact_dir))
+        self._queue.put(self._stage(data, artifact_path))
+
+    def log_figure(self, draw: Drawing, artifact_path: str) -> None:
+        """Log the PNG that `draw()` returns as `artifact_path`, replacing it; drawn on the
+        background thread, and not at all when a later figure for the path is queued by then."""
+        number = self._figures.get(artifact_path, 0)
+        self._figures[artifact_path] = number + 1
+        self._queue.put(_Figure(draw, artifact_path, number))
 
     def set_tag(self, key: str, value: str) -> None:
         """Set (or replace) a tag of the run."""
@@ -229,11 +248,34 @@ class Tracker:
         self._staging_dir.mkdir(parents=True, exist_ok=True)
         return self._staging_dir
 
+    def _stage(self, data: bytes, artifact_path: str) -> _Artifact:
+        """A copy of `data` owned by the tracker, deleted once it reached MLflow."""
+        artifact_dir, _, name = artifact_path.rpartition("/")
+        staged = Path(tempfile.mkdtemp(dir=self._ensure_staging())) / name
+        staged.write_bytes(data)
+        return _Artifact(staged, artifact_dir)
+
+    def _drawn(self, figure: _Figure) -> _Artifact | None:
+        """The figure, drawn and staged; None when a later one replaces it, or drawing failed
+        (a figure is a view of the job: the job and its tracking go on without it)."""
+        if figure.number + 1 < self._figures[figure.artifact_path]:
+            return None
+        try:
+            return self._stage(figure.draw(), figure.artifact_path)
+        except Exception:
+            log.exception("could not draw %s; the run goes on without it", figure.artifact_path)
+            return None
+
     def _work(self) -> None:
         self._retrying(self._open_run)
         last_write = 0.0
         while True:
             item = self._queue.get()
+            if isinstance(item, _Figure):
+                drawn = self._drawn(item)
+                if drawn is None:
+                    continue
+                item = drawn
             if isinstance(item, _Metrics):
                 # One write per interval, however fast the rounds: each SQLite log_batch costs
                 # ~10 ms of CPU, which at dozens of rounds per second competes with training.
@@ -300,7 +342,7 @@ class Tracker:
         self.run = RunRef(experiment_id=experiment_id, run_id=run.info.run_id)
         self._on_run(self.run)
 
-    def _apply(self, item: _Metrics | _Artifact | _Tag | _Model | _End) -> None:
+    def _apply(self, item: _Record) -> None:
         assert self.run is not None
         if isinstance(item, _Metrics):
             self._client.log_batch(self.run.run_id, metrics=item.metrics)

@@ -1,5 +1,7 @@
 """The MLflow tracker against real stores: a SQLite file, and a tracking server that is down."""
 
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from mlflow import MlflowClient
@@ -43,6 +45,46 @@ def test_metrics_params_and_artifacts_reach_a_sqlite_store(tmp_path: Path) -> No
     local = Path(client.download_artifacts(run.info.run_id, "plots/fit.png", str(tmp_path)))
     assert local.read_bytes() == b"second"
     assert not any((tmp_path / "staging").rglob("*.png"))  # staged copies cleaned up
+
+
+def test_figures_are_drawn_off_the_callers_thread_and_only_the_latest_per_path(
+    tmp_path: Path,
+) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = _tracker(uri, tmp_path, (tmp_path / "artifacts").as_uri())
+    drawn: list[tuple[str, str]] = []  # (figure, thread)
+    busy = threading.Event()
+
+    def figure(name: str) -> Callable[[], bytes]:
+        def draw() -> bytes:
+            drawn.append((name, threading.current_thread().name))
+            if name == "slow":
+                assert busy.wait(30)
+            if name == "broken":
+                raise ValueError("no data to plot")
+            return name.encode()
+
+        return draw
+
+    tracker.log_figure(figure("slow"), "plots/curve.png")
+    wait_until(lambda: bool(drawn), 30, "the first figure to be drawn")
+    tracker.log_figure(figure("old"), "plots/fit.png")  # replaced before its turn: never drawn
+    tracker.log_figure(figure("broken"), "plots/broken.png")
+    tracker.log_figure(figure("new"), "plots/fit.png")
+    tracker.log_metrics({"eval_mse": 0.5}, step=1)
+    busy.set()
+    assert tracker.finish("FINISHED") and tracker.run is not None
+    assert [name for name, _ in drawn] == ["slow", "broken", "new"]
+    assert {thread for _, thread in drawn} == {"mlflow-t"}
+    client = MlflowClient(uri)
+    run_id = tracker.run.run_id
+    assert [a.path for a in client.list_artifacts(run_id, "plots")] == [
+        "plots/curve.png",
+        "plots/fit.png",
+    ]
+    local = Path(client.download_artifacts(run_id, "plots", str(tmp_path / "down")))
+    assert (local / "fit.png").read_bytes() == b"new"
+    assert [m.value for m in client.get_metric_history(run_id, "eval_mse")] == [0.5]
 
 
 def test_a_crashed_trackers_journal_is_replayed_once_and_not_relogged(tmp_path: Path) -> None:

@@ -9,7 +9,9 @@ import torch
 from reptile.inner import InnerConfig, run_tasks
 from reptile.params import Params, to_numpy
 from reptile.serial import train_serial
-from reptile.tasks import make_family
+from reptile.tasks import eval_task_seeds, make_family
+from reptile.tasks.sine import SineFamily
+from service.plots import Drawing, learning_curve_png, sine_fit_png
 from service.specs import SineJobSpec
 from service.trainer import Divergence, MetaTrainer, Progress
 from service.weights import read_checkpoint
@@ -44,14 +46,20 @@ class InProcessRunner:
 
 @dataclass
 class RecordingSink:
+    """Keeps what is logged; figures undrawn, as the tracker's queue holds them."""
+
     metrics: list[tuple[int, dict[str, float]]] = field(default_factory=list)
     artifacts: dict[str, bytes] = field(default_factory=dict)
+    figures: dict[str, list[Drawing]] = field(default_factory=dict)
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         self.metrics.append((step, metrics))
 
     def log_artifact(self, data: bytes, artifact_path: str) -> None:
         self.artifacts[artifact_path] = data
+
+    def log_figure(self, draw: Drawing, artifact_path: str) -> None:
+        self.figures.setdefault(artifact_path, []).append(draw)
 
 
 def test_trainer_matches_the_serial_reference_and_logs_everything(tmp_path: Path) -> None:
@@ -70,10 +78,35 @@ def test_trainer_matches_the_serial_reference_and_logs_everything(tmp_path: Path
     assert round_steps == [1, 2, 3, 4, 5, 6]
     eval_steps = [s for s, m in sink.metrics if "eval_mse_after_32" in m]
     assert eval_steps == [0, 3, 6]
-    assert {"plots/sine_fit.png", "plots/learning_curve.png"} <= sink.artifacts.keys()
-    assert sink.artifacts["plots/sine_fit.png"].startswith(b"\x89PNG")
+    assert sink.figures.keys() == {"plots/sine_fit.png", "plots/learning_curve.png"}
+    assert all(len(drawings) == 3 for drawings in sink.figures.values())  # rounds 0, 3, 6
+    assert all(draw().startswith(b"\x89PNG") for draw in sink.figures["plots/sine_fit.png"])
     assert [p.checkpoint_round for p in progress if p.checkpoint_round] == [2, 4, 6]
     assert read_checkpoint(tmp_path / "ckpt.safetensors").round == 6
+
+
+def test_figures_drawn_after_the_job_show_the_round_they_were_logged_at(tmp_path: Path) -> None:
+    """The tracker draws figures later: each must hold its round's φ and history, not the
+    trainer's latest."""
+    sink = RecordingSink()
+    trainer = MetaTrainer(SPEC, InProcessRunner(SPEC), sink, tmp_path / "ckpt.safetensors")
+    phi_at_start = trainer.phi
+    assert trainer.run() is True
+    family = trainer.family
+    assert isinstance(family, SineFamily)
+    first_fit = sine_fit_png(
+        family,
+        phi_at_start,
+        seed=eval_task_seeds(SPEC.eval_tasks)[0],
+        steps=SPEC.inner_steps,
+        lr=SPEC.inner_lr,
+        optimizer=SPEC.inner_optimizer,
+        title="round 0",
+    )
+    assert sink.figures["plots/sine_fit.png"][0]() == first_fit
+    curve_at_round_3 = learning_curve_png(trainer.history[:2], "eval_mse")
+    assert sink.figures["plots/learning_curve.png"][1]() == curve_at_round_3
+    assert curve_at_round_3 != learning_curve_png(trainer.history, "eval_mse")
 
 
 def test_stop_and_resume_gives_the_uninterrupted_result(tmp_path: Path) -> None:
@@ -96,7 +129,7 @@ def test_a_job_stopped_before_its_first_round_does_nothing(tmp_path: Path) -> No
     trainer = MetaTrainer(SPEC, InProcessRunner(SPEC), sink, tmp_path / "d")
     phi = {n: t.clone() for n, t in trainer.phi.items()}
     assert trainer.run(should_stop=lambda: True) is False
-    assert (trainer.round, sink.metrics, sink.artifacts) == (0, [], {})
+    assert (trainer.round, sink.metrics, sink.artifacts, sink.figures) == (0, [], {}, {})
     assert not (tmp_path / "d").exists()
     assert all(torch.equal(trainer.phi[n], phi[n]) for n in phi)
 
