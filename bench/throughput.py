@@ -400,8 +400,8 @@ def run_workload(name: str, spec: AnyJobSpec, settings: Settings, effort: Effort
     family = make_family(spec.task, **spec.task_options(dataset))
     size = spec.meta_batch_size
     table = sized(spec, size, effort.rounds(size))  # the side-by-side table's rounds
-    # Before any actor starts: idle actors left OpenMP's second thread here no gain (sine,
-    # meta-batch 32: 3.2 ms a round against 2.6 ms without them, and 3.3 on one thread).
+    # Before any actor starts: beside idle actors OpenMP's second thread gained less here (sine,
+    # meta-batch 32: 3.0-3.1 ms a round against 2.8 ms without Ray, and 3.4-3.8 on one thread).
     all_cores = []
     if (cores := os.cpu_count() or 1) > 1:
         with torch_threads(cores):
