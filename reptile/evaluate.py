@@ -154,6 +154,43 @@ def classify(
         )
 
 
+@dataclass(frozen=True)
+class HeldOutConfig:
+    """How a held-out classification task is scored: `steps` full-batch steps of `optimizer`
+    on its support set, then the accuracy on its queries (`classify` says `transductive`)."""
+
+    steps: int
+    lr: float
+    optimizer: InnerOptimizer
+    transductive: bool = True
+
+
+def held_out_accuracies(
+    family: TaskFamily,
+    model: nn.Module,
+    phi: Params,
+    seeds: list[int],
+    config: HeldOutConfig,
+    device: torch.device | str = "cpu",
+) -> list[float]:
+    """`adapted_accuracy` of each held-out task of `seeds`, in order, on `device` (where
+    `model` must be already), one task after another: each task's own batch statistics."""
+    phi = {name: t.to(device) for name, t in phi.items()}
+    return [
+        adapted_accuracy(
+            family,
+            model,
+            phi,
+            family.sample_eval_task(seed).to(device),
+            steps=config.steps,
+            lr=config.lr,
+            optimizer=config.optimizer,
+            transductive=config.transductive,
+        )
+        for seed in seeds
+    ]
+
+
 def adapted_accuracy(
     family: TaskFamily,
     model: nn.Module,

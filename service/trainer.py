@@ -15,6 +15,7 @@ from typing import Protocol
 
 import numpy as np
 
+from reptile.evaluate import HeldOutConfig
 from reptile.inner import InnerConfig
 from reptile.meta import MetaOptimizer, epsilon
 from reptile.params import Params, init_params, is_finite, scale
@@ -29,9 +30,14 @@ log = logging.getLogger(__name__)
 
 
 class RoundRunner(Protocol):
-    """Runs the inner loops of one round (the Ray `WorkerPool`, or a stand-in in tests)."""
+    """Runs the inner loops of one round, and scores an image job's held-out tasks (the Ray
+    `WorkerPool`, or a stand-in in tests)."""
 
     def run_round(self, phi: Params, seeds: list[int], inner: InnerConfig) -> RoundOutput: ...
+
+    def score_held_out(
+        self, phi: Params, seeds: list[int], shots: int, config: HeldOutConfig
+    ) -> list[float]: ...
 
 
 class MetricsSink(Protocol):
@@ -72,7 +78,7 @@ class MetaTrainer:
     def __post_init__(self) -> None:
         self.family = make_family(self.spec.task, **self.spec.task_options(self.dataset))
         self.model = self.family.make_model()
-        self.evaluation = evaluation_for(self.spec, self.dataset)
+        self.evaluation = evaluation_for(self.spec, self.dataset, self.runner.score_held_out)
         self.config = self.spec.meta_config()
         if self.resume is None:
             self.start_round = 0

@@ -23,9 +23,10 @@ import numpy as np
 import ray
 import torch
 
+from reptile.evaluate import HeldOutConfig, held_out_accuracies
 from reptile.inner import InnerConfig, InnerStep, chunk_step, run_tasks
 from reptile.params import from_numpy, to_numpy
-from reptile.tasks import make_family
+from reptile.tasks import TaskFamily, make_family
 from workers.memory import keep_freed_memory
 
 T = TypeVar("T")
@@ -68,8 +69,36 @@ class ChunkOutput:
     node_id: str  # the Ray node that ran the chunk
 
 
+@dataclass(frozen=True)
+class HeldOutRequest:
+    """One chunk of a held-out evaluation: tasks of `seeds` with `shots` support examples per
+    class, scored as `config` says; φ as in `ChunkRequest`."""
+
+    seeds: np.ndarray  # uint64
+    shots: int
+    config: HeldOutConfig
+    phi: dict[str, np.ndarray] | None = None
+
+
+@dataclass(frozen=True)
+class HeldOutOutput:
+    accuracies: np.ndarray  # (count,) in seed order
+    node_id: str
+
+
+def _phi_of(
+    inline: dict[str, np.ndarray] | None, stored: dict[str, np.ndarray] | None
+) -> dict[str, np.ndarray]:
+    """φ from a request (small φ) or from the call's object-store argument (large φ)."""
+    phi = inline if inline is not None else stored
+    if phi is None:
+        raise ValueError("a chunk request without φ needs it as the second argument")
+    return phi
+
+
 class InnerLoopWorker:
-    """Runs the inner loops of chunks of tasks; one call per chunk, tasks rebuilt from seeds."""
+    """Runs the inner loops of chunks of tasks, and scores chunks of held-out tasks; one call
+    per chunk, tasks rebuilt from seeds."""
 
     def __init__(
         self, task: str, task_options: dict[str, Any], device: str = "cpu", num_threads: int = 1
@@ -78,11 +107,13 @@ class InnerLoopWorker:
         torch.set_num_threads(num_threads)
         keep_freed_memory()  # the inner loops' buffers, reused from step to step
         self.device = torch.device(device)
+        self.task, self.task_options = task, task_options
         self.family = make_family(task, **task_options)
         self.model = self.family.make_model().to(self.device)
         # outside Ray (a unit test, a notebook) there is no node, and asking would start Ray
         self.node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
         self.steps: dict[InnerConfig, InnerStep] = {}
+        self.held_out: dict[int, TaskFamily] = {}  # the held-out family of each K shots
 
     def run_chunk(self, request: bytes, stored_phi: dict[str, np.ndarray] | None = None) -> bytes:
         """Adapt φ to the tasks of a packed `ChunkRequest`; returns a packed `ChunkOutput`.
@@ -91,9 +122,7 @@ class InnerLoopWorker:
         """
         start = time.perf_counter()
         call = unpack(request, ChunkRequest)
-        phi = call.phi if call.phi is not None else stored_phi
-        if phi is None:
-            raise ValueError("a chunk request without φ needs it as the second argument")
+        phi = _phi_of(call.phi, stored_phi)
         inner = call.inner
         if inner not in self.steps:  # a compiled step compiles on its first chunk, once
             self.steps[inner] = chunk_step(self.family, self.model, inner)
@@ -110,6 +139,27 @@ class InnerLoopWorker:
             node_id=self.node_id,
         )
         return pack(output)
+
+    def score_held_out(
+        self, request: bytes, stored_phi: dict[str, np.ndarray] | None = None
+    ) -> bytes:
+        """Adapt φ to each held-out task of a packed `HeldOutRequest` and score it; returns a
+        packed `HeldOutOutput`. An image family's held-out classes (its "test" split) only."""
+        call = unpack(request, HeldOutRequest)
+        phi = _phi_of(call.phi, stored_phi)
+        if call.shots not in self.held_out:
+            self.held_out[call.shots] = make_family(
+                self.task, **self.task_options, split="test", eval_shots=call.shots
+            )
+        accuracies = held_out_accuracies(
+            self.held_out[call.shots],
+            self.model,
+            from_numpy(phi),
+            call.seeds.tolist(),
+            call.config,
+            self.device,
+        )
+        return pack(HeldOutOutput(np.array(accuracies), self.node_id))
 
     def pid(self) -> int:
         """The actor's process id (to watch or kill it in tests and operations)."""

@@ -5,7 +5,8 @@ in the calls when it is small), gives each actor one contiguous chunk of the rou
 waits with a deadline, re-runs a failed or late chunk on a fresh actor, and sums the chunks'
 deltas in chunk order. An actor's start-up (torch, data) is never charged to a round's deadline:
 it has a deadline of its own. Actors are spread over the cluster's nodes, and the pool
-remembers which nodes ran its chunks.
+remembers which nodes ran its chunks. An image job's held-out evaluation is split over the
+actors the same way: its adaptations are as costly as a round (Conv4, 50 steps a task).
 """
 
 import logging
@@ -18,9 +19,18 @@ import numpy as np
 import ray
 from ray.exceptions import GetTimeoutError, RayError
 
+from reptile.evaluate import HeldOutConfig
 from reptile.inner import InnerConfig
 from reptile.params import Params, from_numpy, to_numpy, total
-from workers.actor import ChunkOutput, ChunkRequest, InnerLoopWorker, pack, unpack
+from workers.actor import (
+    ChunkOutput,
+    ChunkRequest,
+    HeldOutOutput,
+    HeldOutRequest,
+    InnerLoopWorker,
+    pack,
+    unpack,
+)
 from workers.cluster import shortfall
 
 log = logging.getLogger(__name__)
@@ -125,27 +135,67 @@ class WorkerPool:
 
     def run_round(self, phi: Params, seeds: list[int], inner: InnerConfig) -> RoundOutput:
         """Run every task of `seeds` from φ and return Σ(W_i − φ) with per-task losses."""
-        arrays = to_numpy(phi)
-        # A large φ goes in the object store once per round, read zero-copy by every actor; a
-        # small one (the sine MLP's 17 KB) rides inline in each call's request, as Ray itself
-        # does with small arguments: that skips two object-store round trips, ~2 ms a round on
-        # 2 cores. (No φ argument at all then: even a None costs Ray ~0.07 ms to carry.)
-        inline = sum(array.nbytes for array in arrays.values()) <= INLINE_PHI_BYTES
-        stored_phi = () if inline else (ray.put(arrays),)
+        inline, stored = self._phi_args(phi)
         requests = [
-            pack(ChunkRequest(np.array(chunk, np.uint64), inner, arrays if inline else None))
+            pack(ChunkRequest(np.array(chunk, np.uint64), inner, inline))
             for chunk in split(seeds, len(self.actors))
         ]
-        results: list[ChunkOutput | None] = [None] * len(requests)
+        outputs = [unpack(r, ChunkOutput) for r in self._run_chunks("run_chunk", requests, stored)]
+        self.node_ids.update(o.node_id for o in outputs)
+        return RoundOutput(
+            delta_sum=total(from_numpy(o.delta_sum) for o in outputs),
+            count=sum(o.count for o in outputs),
+            loss_before=np.concatenate([o.loss_before for o in outputs]),
+            loss_after=np.concatenate([o.loss_after for o in outputs]),
+            compute_seconds=max(o.compute_seconds for o in outputs),
+        )
+
+    def score_held_out(
+        self, phi: Params, seeds: list[int], shots: int, config: HeldOutConfig
+    ) -> list[float]:
+        """The accuracy after adaptation of each held-out task of `seeds` (`shots` examples per
+        class), in seed order: an image job's evaluation, split over the actors like a round.
+
+        Its chunks run under the round's deadline: the spec bounds an evaluation's work as it
+        bounds a round's (`max_work`).
+        """
+        inline, stored = self._phi_args(phi)
+        requests = [
+            pack(HeldOutRequest(np.array(chunk, np.uint64), shots, config, inline))
+            for chunk in split(seeds, len(self.actors))
+        ]
+        outputs = [
+            unpack(r, HeldOutOutput) for r in self._run_chunks("score_held_out", requests, stored)
+        ]
+        self.node_ids.update(o.node_id for o in outputs)
+        return np.concatenate([o.accuracies for o in outputs]).tolist()
+
+    def _phi_args(self, phi: Params) -> tuple[dict[str, np.ndarray] | None, tuple[Any, ...]]:
+        """φ for the requests and the calls' extra arguments: a small φ rides inline in each
+        request (no extra argument), a large one goes as its object-store reference.
+
+        A large φ goes in the object store once per round, read zero-copy by every actor; a
+        small one (the sine MLP's 17 KB) rides inline, as Ray itself does with small
+        arguments: that skips two object-store round trips, ~2 ms a round on 2 cores. (No φ
+        argument at all then: even a None costs Ray ~0.07 ms to carry.)
+        """
+        arrays = to_numpy(phi)
+        if sum(array.nbytes for array in arrays.values()) <= INLINE_PHI_BYTES:
+            return arrays, ()
+        return None, (ray.put(arrays),)
+
+    def _run_chunks(
+        self, method: str, requests: list[bytes], stored_phi: tuple[Any, ...]
+    ) -> list[bytes]:
+        """Call `method` with `requests[i]` on actor i, all at once, and return the results in
+        order; a chunk that fails or passes its deadline runs again on a fresh actor."""
+        results: list[bytes | None] = [None] * len(requests)
         pending: dict[Any, tuple[int, int, float]] = {}  # ref -> (chunk, attempt, deadline)
 
         def submit(index: int, attempt: int, actor: Any, allowance: float = 0.0) -> None:
             deadline = time.monotonic() + allowance + self._round_timeout_s
-            pending[actor.run_chunk.remote(requests[index], *stored_phi)] = (
-                index,
-                attempt,
-                deadline,
-            )
+            ref = getattr(actor, method).remote(requests[index], *stored_phi)
+            pending[ref] = (index, attempt, deadline)
 
         for index in range(len(requests)):
             submit(index, 0, self.actors[index])
@@ -158,24 +208,16 @@ class WorkerPool:
             for ref in dict.fromkeys(ready + late):  # a late chunk's get fails: it is retried
                 index, attempt, _ = pending.pop(ref)
                 try:
-                    results[index] = unpack(ray.get(ref, timeout=0), ChunkOutput)
+                    results[index] = ray.get(ref, timeout=0)
                 except (RayError, GetTimeoutError) as error:
                     if attempt >= self._chunk_retries:
                         raise PoolError(
-                            f"chunk {index} of the round failed {attempt + 1} times: {error}"
+                            f"{method} of chunk {index} failed {attempt + 1} times: {error}"
                         ) from error
                     log.warning("chunk %d failed (%s); retrying on a fresh actor", index, error)
                     # a fresh actor first has to start: that time is not the chunk's
                     submit(index, attempt + 1, self._replace(index), self._start_timeout_s)
-        outputs = [r for r in results if r is not None]
-        self.node_ids.update(o.node_id for o in outputs)
-        return RoundOutput(
-            delta_sum=total(from_numpy(o.delta_sum) for o in outputs),
-            count=sum(o.count for o in outputs),
-            loss_before=np.concatenate([o.loss_before for o in outputs]),
-            loss_after=np.concatenate([o.loss_after for o in outputs]),
-            compute_seconds=max(o.compute_seconds for o in outputs),
-        )
+        return [r for r in results if r is not None]
 
     def peak_rss_bytes(self) -> list[int]:
         """Each actor's peak resident memory so far, in slot order."""

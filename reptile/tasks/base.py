@@ -27,6 +27,9 @@ class Task:
     inputs: Tensor  # (n, *input_shape)
     targets: Tensor  # (n, *target_shape)
 
+    def to(self, device: torch.device | str) -> "Task":
+        return Task(self.inputs.to(device), self.targets.to(device))
+
 
 @dataclass(frozen=True)
 class EvalTask:
@@ -34,6 +37,9 @@ class EvalTask:
 
     support: Task
     query: Task
+
+    def to(self, device: torch.device | str) -> "EvalTask":
+        return EvalTask(self.support.to(device), self.query.to(device))
 
 
 def stack(tasks: list[Task]) -> Task:

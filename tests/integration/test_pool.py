@@ -2,17 +2,20 @@
 
 import os
 import signal
+from pathlib import Path
 
 import pytest
 import ray
 import torch
 from ray.util.placement_group import placement_group, remove_placement_group
 
+from reptile.evaluate import HeldOutConfig, held_out_accuracies
 from reptile.inner import InnerConfig, InnerOptimizer
 from reptile.meta import MetaConfig, MetaOptimizer, epsilon
 from reptile.params import Params, init_params, scale
 from reptile.serial import train_serial
-from reptile.tasks import make_family, task_seeds
+from reptile.tasks import eval_task_seeds, make_family, task_seeds
+from reptile.tasks.fewshot import ImageSet
 from workers.cluster import gpus_needed
 from workers.pool import PoolError, WorkerPool, split
 
@@ -130,3 +133,38 @@ def test_actors_report_their_peak_memory() -> None:
         pool.shutdown()
     assert len(peaks) == 2
     assert all(50 * 2**20 < peak < 8 * 2**30 for peak in peaks)  # a Python process with torch
+
+
+def _image_set(path: Path) -> str:
+    """A prepared set of random 16×16 images: groups g0–g3 of 4 classes of 8 images each."""
+    classes, per_class = 16, 8
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (classes * per_class, 1, 16, 16), generator=generator)
+    prepared = ImageSet(
+        images=images.to(torch.uint8),
+        labels=torch.arange(classes).repeat(per_class),
+        classes=tuple(f"g{c // 4}/c{c}" for c in range(classes)),
+        groups=tuple(f"g{c // 4}" for c in range(classes)),
+    )
+    torch.save(prepared.record(), path)
+    return str(path)
+
+
+def test_held_out_scores_split_over_actors_equal_one_process(tmp_path: Path) -> None:
+    """An image job's evaluation on the actors: every task's accuracy as in one process, in
+    seed order, with Conv4's φ (450 KB) through the object store, and after a lost actor."""
+    options = {"dataset": _image_set(tmp_path / "images.pt"), "ways": 3, "held_out": ["g3"]}
+    family = make_family("omniglot", **options, split="test", eval_shots=2)
+    model = family.make_model()
+    phi = init_params(model, 0)
+    config = HeldOutConfig(steps=3, lr=0.003, optimizer="adam", transductive=False)
+    seeds = eval_task_seeds(5)
+    expected = held_out_accuracies(family, model, phi, seeds, config)
+    assert len(set(expected)) > 1  # the order is checked
+    pool = WorkerPool(task="omniglot", task_options=options, num_workers=2)
+    try:
+        assert pool.score_held_out(phi, seeds, 2, config) == pytest.approx(expected)
+        os.kill(ray.get(pool.actors[0].pid.remote()), signal.SIGKILL)
+        assert pool.score_held_out(phi, seeds, 2, config) == pytest.approx(expected)
+    finally:
+        pool.shutdown()
