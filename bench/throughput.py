@@ -348,8 +348,9 @@ def measure_service(
 ) -> Measurement:
     """A whole job through `MetaTrainer`, timed between its progress reports.
 
-    The window runs from the report of round 0 (after the initial evaluation) to the one before
-    the last round (which evaluates and checkpoints), so it holds `rounds − 1` plain rounds.
+    The window runs from the report of round 0 (after the initial evaluation, and after the
+    tracker drew its figures) to the one before the last round (which evaluates and
+    checkpoints), so it holds `rounds − 1` plain rounds.
     """
     folder = settings.data_dir / "runs" / f"{spec.name}-{time.time_ns()}"
     stamps: list[tuple[float, Progress]] = []
@@ -360,13 +361,14 @@ def measure_service(
         tags={"source": "bench/throughput.py"},
         staging_dir=folder / "mlflow-staging",
     )
+
+    def stamp(progress: Progress) -> None:
+        if progress.round == 0:  # the tracker draws round 0's figures first, not in the window
+            tracker.flush(timeout=120)
+        stamps.append((time.perf_counter(), progress))
+
     trainer = MetaTrainer(
-        spec,
-        pool,
-        tracker,
-        folder / "checkpoint.safetensors",
-        on_progress=lambda progress: stamps.append((time.perf_counter(), progress)),
-        dataset=dataset,
+        spec, pool, tracker, folder / "checkpoint.safetensors", on_progress=stamp, dataset=dataset
     )
     trainer.run()
     tracker.finish("FINISHED")

@@ -138,6 +138,11 @@ class _Model:
 
 
 @dataclass(frozen=True)
+class _Mark:
+    reached: threading.Event  # set when the thread gets here: all before it is done
+
+
+@dataclass(frozen=True)
 class _End:
     status: str | None  # None: leave the run open (the job will resume in it)
 
@@ -179,7 +184,7 @@ class Tracker:
         self.model: ModelVersionRef | None = None  # set once the model is registered
         self.degraded = False
         self.last_error: str | None = None
-        self._queue: queue.Queue[_Record | _Figure] = queue.Queue()
+        self._queue: queue.Queue[_Record | _Figure | _Mark] = queue.Queue()
         self._figures: dict[str, int] = {}  # artifact path → figures logged to it
         self._journal = _Journal(staging_dir)
         entries, self._applied = self._journal.load()
@@ -232,6 +237,14 @@ class Tracker:
         save(staged)
         self._queue.put(_Model(staged, name, tags, description))
 
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Wait until all logged so far reached MLflow, figures drawn; False if not within
+        `timeout` (e.g. MLflow is down). For a measurement that must not share the machine
+        with the tracker's work."""
+        mark = _Mark(threading.Event())
+        self._queue.put(mark)
+        return mark.reached.wait(timeout)
+
     def finish(self, status: str | None, timeout: float = 30.0) -> bool:
         """Flush the queue, then end the run with `status` (FINISHED, FAILED, KILLED).
 
@@ -271,6 +284,9 @@ class Tracker:
         last_write = 0.0
         while True:
             item = self._queue.get()
+            if isinstance(item, _Mark):
+                item.reached.set()
+                continue
             if isinstance(item, _Figure):
                 drawn = self._drawn(item)
                 if drawn is None:

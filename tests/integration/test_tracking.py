@@ -72,9 +72,11 @@ def test_figures_are_drawn_off_the_callers_thread_and_only_the_latest_per_path(
     tracker.log_figure(figure("broken"), "plots/broken.png")
     tracker.log_figure(figure("new"), "plots/fit.png")
     tracker.log_metrics({"eval_mse": 0.5}, step=1)
+    assert not tracker.flush(timeout=0.5)  # still drawing the first
     busy.set()
-    assert tracker.finish("FINISHED") and tracker.run is not None
+    assert tracker.flush()
     assert [name for name, _ in drawn] == ["slow", "broken", "new"]
+    assert tracker.finish("FINISHED") and tracker.run is not None
     assert {thread for _, thread in drawn} == {"mlflow-t"}
     client = MlflowClient(uri)
     run_id = tracker.run.run_id
