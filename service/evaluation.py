@@ -110,10 +110,15 @@ class FewShotEvaluation:
             name = f"eval_acc_{spec.ways}w{k}s"
             accuracies = self.score(phi, self.seeds, k, config)
             metrics[name], metrics[f"{name}_ci95"] = mean_and_ci95(accuracies)
-        figure = partial(
-            prediction_grid_png,
+        return metrics, {"plots/predictions.png": partial(self._prediction_grid, phi, done)}
+
+    def _prediction_grid(self, phi: Params, done: int) -> bytes:
+        """The figure of φ after `done` rounds, built when drawn (not at all when the trainer
+        leaves it out), with its own model: `functional_call` swaps a module's weights in."""
+        spec = self.spec
+        return prediction_grid_png(
             self.shown,
-            self.shown.make_model(),  # its own: `functional_call` swaps a module's weights in
+            self.shown.make_model(),
             phi,
             self.shown.sample_eval_task(self.seeds[0]),
             steps=spec.eval_steps,
@@ -121,7 +126,6 @@ class FewShotEvaluation:
             optimizer=spec.inner_optimizer,
             title=f"round {done}: held-out {spec.ways}-way {spec.eval_shots[0]}-shot",
         )
-        return metrics, {"plots/predictions.png": figure}
 
 
 def evaluation_for(spec: AnyJobSpec, dataset: str | None, score: HeldOutScorer) -> Evaluation:
