@@ -13,6 +13,7 @@ from reptile.inner import (
     InnerOptimizer,
     LossFn,
     adapt,
+    chunk_gradient,
     chunk_loss,
     full_batches,
     make_step,
@@ -22,11 +23,12 @@ from reptile.inner import (
 )
 from reptile.params import Params
 from reptile.tasks import EvalTask, Task, TaskFamily
-from reptile.tasks.base import stack
+from reptile.tasks.base import Gradient, stack
 
 
 def query_losses(
     loss: BatchLoss,
+    gradient: Gradient,
     phi: Params,
     support: Task,
     query: Task,
@@ -38,10 +40,11 @@ def query_losses(
 
     One adaptation of the most steps, scored on its way: full-batch steps are deterministic,
     so a shorter adaptation is a prefix of it. `loss` may be per task over stacked tasks
-    (`tasks_loss`, with φ stacked alike): then every loss is a (tasks,) tensor.
+    (`tasks_loss`, with φ stacked alike): then every loss is a (tasks,) tensor. `gradient` is
+    that of `loss`, as `chunk_gradient` gives it.
     """
     counts = set(step_counts)
-    step = make_step(loss, lr=lr, optimizer=optimizer)
+    step = make_step(gradient, lr=lr, optimizer=optimizer)
     batches = repeat((support.inputs, support.targets), max(counts))
     with torch.no_grad():
         losses = {0: loss(phi, query.inputs, query.targets)} if 0 in counts else {}
@@ -67,15 +70,17 @@ def evaluate(
     """
     step_counts = sorted(set(step_counts))
     tasks = [family.sample_eval_task(s) for s in seeds]
-    loss = chunk_loss(family, model)
+    loss, gradient = chunk_loss(family, model), chunk_gradient(family, model)
     if family.batching == "loop":
         per_task = [
-            query_losses(loss, phi, t.support, t.query, step_counts, lr, optimizer) for t in tasks
+            query_losses(loss, gradient, phi, t.support, t.query, step_counts, lr, optimizer)
+            for t in tasks
         ]
         losses = {k: torch.stack([p[k] for p in per_task]) for k in step_counts}
     else:
         losses = query_losses(
             loss,
+            gradient,
             stacked_copies(phi, len(tasks)),
             stack([t.support for t in tasks]),
             stack([t.query for t in tasks]),

@@ -5,12 +5,15 @@ Written functionally over a `Params` dict (`torch.func.functional_call`), so φ 
 once: the tasks of a family share their shapes, so their points, mini-batches and weights stack
 along a leading task dimension, and each inner step is one batched forward and backward pass.
 Both run the same loop (`descend`): per step, one gradient (autograd on the summed loss: tasks
-are independent, so each gets its own gradient) and one update rule (`inner_update`). Optimiser
+are independent, so each gets its own gradient; or the family's, written out) and one update
+rule (`inner_update`). Optimiser
 state (Adam's moments) starts from zero for every task and never carries over.
 
 `run_tasks`, what a worker runs, batches a chunk's tasks as its family says (`batching`):
 - "stacked": the model's layers take weights stacked over tasks themselves (the sine MLP: one
-  `baddbmm` per layer; per-op overhead dominates such a tiny model, and `vmap`'s added ~1.5×);
+  `baddbmm` per layer; per-op overhead dominates such a tiny model, and `vmap`'s added ~1.5×),
+  and the family writes out the gradient (`TaskFamily.stacked_gradient`: autograd's bookkeeping
+  cost a third of each step);
 - "vmap": `torch.func.vmap` of the one-task loss over the tasks, for any model;
 - "loop": `descend` task after task (Conv4: `vmap`'s batching rules for convolution, batch norm
   and max-pooling copy the stacked activations and ran 2× slower than a loop over tasks on CPU).
@@ -20,6 +23,7 @@ bench/throughput.py measures each family's modes side by side.
 import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from typing import Literal
 
 import torch
@@ -27,7 +31,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad_and_value, vmap
 
 from reptile.params import Params
-from reptile.tasks.base import Batching, Task, TaskFamily
+from reptile.tasks.base import Batching, Gradient, Task, TaskFamily
 
 InnerOptimizer = Literal["sgd", "adam"]
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -81,7 +85,7 @@ def task_loss(model: nn.Module, params: Params, loss_fn: LossFn, task: Task) -> 
     return batch_loss(model, loss_fn)(params, task.inputs, task.targets)
 
 
-def gradient(
+def autograd_gradient(
     loss: BatchLoss, weights: Params, inputs: Tensor, targets: Tensor
 ) -> tuple[Params, Tensor]:
     """The gradient of the summed loss with respect to `weights` (left untouched), and the loss.
@@ -102,7 +106,8 @@ def gradient(
 def traced_gradient(
     loss: BatchLoss, weights: Params, inputs: Tensor, targets: Tensor
 ) -> tuple[Params, Tensor]:
-    """`gradient` through `torch.func.grad_and_value`, which `torch.compile` traces whole."""
+    """`autograd_gradient` through `torch.func.grad_and_value`, which `torch.compile` traces
+    whole."""
 
     def summed(w: Params) -> tuple[Tensor, Tensor]:
         losses = loss(w, inputs, targets)
@@ -110,6 +115,11 @@ def traced_gradient(
 
     grads, (_, losses) = grad_and_value(summed, has_aux=True)(weights)
     return grads, losses
+
+
+def loss_gradient(loss: BatchLoss, *, traced: bool = False) -> Gradient:
+    """The `Gradient` of `loss` by autograd; `traced`, one that `torch.compile` traces whole."""
+    return partial(traced_gradient if traced else autograd_gradient, loss)
 
 
 def adam_correction(step: int) -> float:
@@ -149,18 +159,14 @@ def inner_update(
 InnerStep = Callable[[Params, Params, Tensor, Tensor, float], tuple[Params, Params, Tensor]]
 
 
-def make_step(
-    loss: BatchLoss, *, lr: float, optimizer: InnerOptimizer, traced: bool = False
-) -> InnerStep:
-    """One inner step as a pure function of tensors: what `descend` repeats, and, `traced` (its
-    gradient by `traced_gradient`), what a worker hands to `torch.compile` (`chunk_step`), which
-    fuses its forward, backward and update."""
-    grad_of = traced_gradient if traced else gradient
+def make_step(gradient: Gradient, *, lr: float, optimizer: InnerOptimizer) -> InnerStep:
+    """One inner step as a pure function of tensors: what `descend` repeats, and what a worker
+    hands to `torch.compile` (`chunk_step`), which fuses its forward, backward and update."""
 
     def step(
         weights: Params, second_moment: Params, inputs: Tensor, targets: Tensor, correction: float
     ) -> tuple[Params, Params, Tensor]:
-        grads, losses = grad_of(loss, weights, inputs, targets)
+        grads, losses = gradient(weights, inputs, targets)
         weights, second_moment = inner_update(
             weights, grads, second_moment, correction, lr=lr, optimizer=optimizer
         )
@@ -212,7 +218,7 @@ def adapt(
     `model` only supplies the architecture; `params` are not modified.
     """
     weights, _ = descend(
-        make_step(batch_loss(model, loss_fn), lr=lr, optimizer=optimizer),
+        make_step(loss_gradient(batch_loss(model, loss_fn)), lr=lr, optimizer=optimizer),
         {name: t.detach() for name, t in params.items()},
         ((task.inputs[indices], task.targets[indices]) for indices in batches),
     )
@@ -268,6 +274,14 @@ def chunk_loss(family: TaskFamily, model: nn.Module) -> BatchLoss:
     return tasks_loss(model, family.loss, family.batching)
 
 
+def chunk_gradient(family: TaskFamily, model: nn.Module, *, traced: bool = False) -> Gradient:
+    """The gradient `run_tasks` steps with: the family's own over stacked tasks ("stacked"),
+    else autograd's of `chunk_loss` (`traced`: one that `torch.compile` traces whole)."""
+    if family.batching == "stacked":
+        return family.stacked_gradient
+    return loss_gradient(chunk_loss(family, model), traced=traced)
+
+
 def chunk_step(family: TaskFamily, model: nn.Module, inner: InnerConfig) -> InnerStep:
     """The inner step of `run_tasks`, compiled when `inner.compile` asks for it.
 
@@ -277,7 +291,7 @@ def chunk_step(family: TaskFamily, model: nn.Module, inner: InnerConfig) -> Inne
     build it once per worker and pass it to `run_tasks`.
     """
     step = make_step(
-        chunk_loss(family, model), lr=inner.lr, optimizer=inner.optimizer, traced=inner.compile
+        chunk_gradient(family, model, traced=inner.compile), lr=inner.lr, optimizer=inner.optimizer
     )
     return torch.compile(step, dynamic=True) if inner.compile else step
 

@@ -4,12 +4,15 @@ A task is rebuilt from an integer seed, so only seeds ever cross process boundar
 of a round depend on (job seed, round) alone, never on how the round is split across workers.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+from reptile.params import Params
 
 # Held-out evaluation tasks come from their own fixed stream, the same for every job, so that
 # evaluation numbers of different jobs compare the same tasks.
@@ -18,6 +21,9 @@ EVAL_ENTROPY = 20180308
 # How a worker runs a chunk's inner loops: all tasks at once through a model that takes weights
 # stacked over tasks, all at once through `vmap`, or one task after another (reptile.inner).
 Batching = Literal["stacked", "vmap", "loop"]
+
+# (weights, inputs, targets) -> (the gradient of the summed loss for each weight, the losses)
+Gradient = Callable[[Params, Tensor, Tensor], tuple[Params, Tensor]]
 
 
 @dataclass(frozen=True)
@@ -67,6 +73,14 @@ class TaskFamily(Protocol):
     def loss(self, predictions: Tensor, targets: Tensor) -> Tensor:
         """The mean loss of one task's predictions (n, …), a scalar; with batching "stacked",
         also the (tasks,) losses of predictions and targets stacked over tasks (tasks, n, …)."""
+        ...
+
+    def stacked_gradient(
+        self, weights: Params, inputs: Tensor, targets: Tensor
+    ) -> tuple[Params, Tensor]:
+        """With batching "stacked": each task's gradient of `loss` for weights stacked over
+        tasks (tasks, …), on inputs and targets stacked alike, and the (tasks,) losses: the
+        numbers autograd gives, without its per-op bookkeeping (a `Gradient`)."""
         ...
 
     def sample_task(self, seed: int) -> Task: ...

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from reptile.models import Conv4
+from reptile.params import Params
 from reptile.tasks.base import Batching, EvalTask, Task, stack
 
 IMAGES_FORMAT = "reptile-images/1"
@@ -214,6 +215,11 @@ class FewShotFamily:
 
     def loss(self, predictions: Tensor, targets: Tensor) -> Tensor:
         return fewshot_loss(predictions, targets)
+
+    def stacked_gradient(
+        self, weights: Params, inputs: Tensor, targets: Tensor
+    ) -> tuple[Params, Tensor]:
+        raise ValueError(f"{self.name}: Conv4 takes one task's weights at a time, never stacked")
 
     def sample_task(self, seed: int) -> Task:
         images = self._draw(torch.Generator().manual_seed(seed), self.shots)

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from reptile.models import sine_mlp
+from reptile.params import Params
 from reptile.tasks.base import Batching, EvalTask, Task
 
 AMPLITUDE_RANGE = (0.1, 5.0)
@@ -79,6 +80,34 @@ class SineFamily:
         # the mean over each task's points: a scalar for one task's (n, 1), the (tasks,) losses
         # of tasks stacked as (tasks, n, 1), which the "stacked" batching relies on
         return (predictions - targets).pow(2).mean(dim=(-2, -1))
+
+    def stacked_gradient(
+        self, weights: Params, inputs: Tensor, targets: Tensor
+    ) -> tuple[Params, Tensor]:
+        """Backpropagation through the MLP (`sine_mlp`: linear layers, tanh between) and `loss`,
+        written out for weights stacked over tasks, (tasks, out, in) and (tasks, out) per layer,
+        and inputs and targets (tasks, n, 1).
+
+        The same numbers as autograd (tests/unit/test_inner.py), in a third less time a step:
+        on this tiny model autograd's graph and engine cost more than the arithmetic.
+        """
+        layers = sorted({name.split(".")[0] for name in weights}, key=int)  # "0", "2", "4"
+        activations = [inputs]  # each layer's input
+        for number, layer in enumerate(layers, start=1):
+            weight, bias = weights[f"{layer}.weight"], weights[f"{layer}.bias"]
+            output = torch.baddbmm(bias.unsqueeze(1), activations[-1], weight.mT)
+            activations.append(output.tanh_() if number < len(layers) else output)
+        error = activations.pop() - targets  # (tasks, n, 1)
+        losses = error.square().mean(dim=(1, 2))
+        upstream = error.mul_(2 / error[0].numel())  # d(losses) / d(output)
+        grads = {}
+        for layer, layer_input in zip(reversed(layers), reversed(activations), strict=True):
+            grads[f"{layer}.bias"] = upstream.sum(1)
+            grads[f"{layer}.weight"] = torch.bmm(upstream.mT, layer_input)
+            if layer_input is not inputs:  # back through this layer and the tanh before it
+                upstream = torch.bmm(upstream, weights[f"{layer}.weight"])
+                upstream.mul_(1 - layer_input.square())
+        return {name: grads[name] for name in weights}, losses
 
     def wave(self, seed: int) -> SineWave:
         """The sine function behind the task with this seed."""

@@ -15,6 +15,8 @@ from reptile.inner import (
     InnerOptimizer,
     adapt,
     adapt_tasks,
+    autograd_gradient,
+    chunk_gradient,
     chunk_step,
     full_batches,
     make_step,
@@ -96,7 +98,7 @@ def test_vectorised_steps_give_each_task_the_weights_of_adapt(
     tasks = [FAMILY.sample_task(s) for s in seeds]
     batches = torch.stack([minibatch_indices(50, 8, 10, s) for s in seeds])  # (tasks, steps, batch)
     stacked, losses = adapt_tasks(
-        make_step(tasks_loss(model, FAMILY.loss, batching), lr=lr, optimizer=optimizer),
+        make_step(chunk_gradient(SineFamily(batching=batching), model), lr=lr, optimizer=optimizer),
         phi,
         torch.stack([t.inputs for t in tasks]),
         torch.stack([t.targets for t in tasks]),
@@ -116,6 +118,28 @@ def test_vectorised_steps_give_each_task_the_weights_of_adapt(
         assert torch.allclose(losses[0][i], first, atol=1e-6)  # each step's loss, φ's first
     assert not torch.allclose(stacked["0.weight"][0], stacked["0.weight"][1])
     assert all(torch.equal(phi[name], before[name]) for name in phi)  # φ left alone
+
+
+def test_the_sine_familys_written_out_gradient_is_autograds() -> None:
+    model = FAMILY.make_model()
+    weights = {  # each task its own weights, far from φ
+        name: torch.stack([init_params(model, seed)[name] for seed in (1, 2, 3)])
+        for name, _ in model.named_parameters()
+    }
+    before = {name: w.clone() for name, w in weights.items()}
+    tasks = FAMILY.sample_tasks([4, 5, 6])
+    stacked_loss = tasks_loss(model, FAMILY.loss, "stacked")
+    expected, expected_losses = autograd_gradient(
+        stacked_loss, weights, tasks.inputs, tasks.targets
+    )
+    reordered = dict(sorted(weights.items(), reverse=True))  # the layers' order is in the names
+    grads, losses = FAMILY.stacked_gradient(reordered, tasks.inputs, tasks.targets)
+    assert list(grads) == list(reordered)
+    assert torch.allclose(losses, expected_losses, atol=1e-6)
+    for name, grad in expected.items():
+        assert grads[name].shape == grad.shape
+        assert torch.allclose(grads[name], grad, atol=1e-5, rtol=1e-5), name
+    assert all(torch.equal(weights[name], before[name]) for name in weights)  # left alone
 
 
 def test_the_stackable_mlp_is_an_ordinary_module_for_one_task() -> None:
