@@ -21,9 +21,11 @@ from reptile.tasks.sine import SineFamily
 Drawing = Callable[[], bytes]  # a figure to draw when called, as PNG bytes
 
 
-def _png(figure: Figure) -> bytes:
+def _png(figure: Figure, *, tight: bool = False) -> bytes:
+    """The figure as PNG bytes; `tight` crops its margins, which costs a second layout pass
+    (a third of a line plot's drawing time)."""
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight" if tight else None)
     return buffer.getvalue()
 
 
@@ -68,8 +70,11 @@ def learning_curve_png(history: list[dict[str, float]], metric_prefix: str) -> b
     rounds = [row["round"] for row in history]
     for key in keys:
         values = [row.get(key, float("nan")) for row in history]
-        errors = [row.get(f"{key}_ci95", 0.0) for row in history]
-        axes.errorbar(rounds, values, yerr=errors, marker="o", capsize=3, label=key)
+        if any(f"{key}_ci95" in row for row in history):
+            errors = [row.get(f"{key}_ci95", 0.0) for row in history]
+            axes.errorbar(rounds, values, yerr=errors, marker="o", capsize=3, label=key)
+        else:  # a plain line draws in half the time of error bars of zero
+            axes.plot(rounds, values, marker="o", label=key)
     loss = "mse" in metric_prefix
     axes.set(xlabel="round", ylabel=metric_prefix, title="Learning curve")
     axes.set_yscale("log" if loss else "linear")
@@ -114,4 +119,4 @@ def prediction_grid_png(
             right = kind == "support" or labels[column] == part.targets[column]
             axis.set_title(str(int(labels[column])), fontsize=7, color="black" if right else "red")
     figure.suptitle(f"{title}: support labels, then predictions (red: wrong)", fontsize=8)
-    return _png(figure)
+    return _png(figure, tight=True)  # the grid's small images leave wide default margins
