@@ -6,8 +6,8 @@ once: the tasks of a family share their shapes, so their points, mini-batches an
 along a leading task dimension, and each inner step is one batched forward and backward pass.
 Both run the same loop (`descend`): per step, one gradient (autograd on the summed loss: tasks
 are independent, so each gets its own gradient; or the family's, written out) and one update
-rule (`inner_update`). Optimiser
-state (Adam's moments) starts from zero for every task and never carries over.
+rule (`inner_update`). Optimiser state (Adam's moments) starts from zero for every task and
+never carries over.
 
 `run_tasks`, what a worker runs, batches a chunk's tasks as its family says (`batching`):
 - "stacked": the model's layers take weights stacked over tasks themselves (the sine MLP: one
