@@ -8,7 +8,8 @@ tasks:
 1. serial: `reptile.serial.train_serial`, one task at a time (nn.Module + torch.optim);
 2. vectorised: `reptile.inner.run_tasks` on all tasks of a round at once, in this process, as
    the actors run it, in the family's batching mode (`stacked`: a model that takes weights
-   stacked over tasks; `vmap`: `torch.func.vmap` over the tasks; `loop`: task by task), and
+   stacked over tasks, and the family's written-out gradient; `vmap`: `torch.func.vmap` over
+   the tasks, and autograd; `loop`: task by task), and
    again in each other mode the family's model supports, for comparison;
 3. service: `service.trainer.MetaTrainer` driving a `workers.pool.WorkerPool` on a local Ray and
    logging to MLflow through `service.tracking.Tracker` (wired by `service.runtime`), with 1 and
