@@ -47,14 +47,15 @@ def sine_fit_png(
     after = adapt_and_predict(
         family.loss, model, phi, task.support, x, steps=steps, lr=lr, optimizer=optimizer
     ).predictions
-    figure = Figure(figsize=(7, 4))
+    figure = Figure(figsize=(8.5, 4))
+    figure.subplots_adjust(right=0.74)  # room for the legend: curves reach every corner
     axes = figure.subplots()
     axes.plot(x, task.query.targets, "k-", label="true")
     axes.plot(x, before, "b--", label="before adaptation (φ)")
     axes.plot(x, after, "r-", label=f"after {steps} steps")
     axes.plot(task.support.inputs, task.support.targets, "ko", label="support points")
     axes.set(xlabel="x", ylabel="y", title=title, ylim=(-5.5, 5.5))
-    axes.legend(loc="lower right", fontsize=8)
+    axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1))
     return _png(figure)
 
 
