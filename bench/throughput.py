@@ -9,11 +9,11 @@ tasks:
 2. vectorised: `reptile.inner.run_tasks` on all tasks of a round at once, in this process, as
    the actors run it, in the family's batching mode (`stacked`: a model that takes weights
    stacked over tasks, and the family's written-out gradient; `vmap`: `torch.func.vmap` over
-   the tasks, and autograd; `loop`: task by task), and
-   again in each other mode the family's model supports, for comparison;
-3. service: `service.trainer.MetaTrainer` driving a `workers.pool.WorkerPool` on a local Ray and
-   logging to MLflow through `service.tracking.Tracker` (wired by `service.runtime`), with 1 and
-   2 actors;
+   the tasks, and autograd; `loop`: task by task), and again in each other mode the family's
+   model supports, for comparison;
+3. service: `service.trainer.MetaTrainer` driving a `workers.pool.WorkerPool` on a local Ray (or
+   the cluster at RAY_ADDRESS) and logging to MLflow through `service.tracking.Tracker` (wired
+   by `service.runtime`), with 1 and 2 actors, and the counts `--actors` adds;
 4. 2 and 3 again with `compile_inner_loop` (mode "+c"), after each compiled its step once
    (sine: meta-batch 32 and 128; Omniglot: 32). Compiling takes 5–60 s per process, so a
    --quick run takes a few minutes the first time and less once torch's cache holds the code.
@@ -31,7 +31,7 @@ In-process paths use one thread, like an actor; serial and vectorised run once m
 the machine's cores ("threads" column), since "one process" may use the whole machine.
 
     python bench/throughput.py [--quick] [--json] [--workload NAME] [--data-dir DIR]
-                               [--tracking-uri URI]
+                               [--tracking-uri URI] [--actors N [N ...]]
 """
 
 import argparse
@@ -71,7 +71,7 @@ from workers.pool import WorkerPool  # noqa: E402
 
 SHARED_OMNIGLOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "omniglot"
 HEADLINE = "sine"  # the workload whose numbers head the --json line
-ACTORS = (1, 2)
+BAR_ACTORS = (1, 2)  # always measured: the bars and the --json line read them
 OVERHEAD_BAR = 0.10
 BENCH_EXPERIMENT = "reptile-bench"
 WORKER_NICENESS = "RAY_worker_niceness"  # Ray's spelling
@@ -181,6 +181,7 @@ class WorkloadResult:
     compiled: list[Measurement]  # the same with `compile_inner_loop`, at `compiled_sizes`
     all_cores: list[Measurement]  # serial and vectorised on every core (none on one core)
     flops: dict[str, float]  # per task: "serial" (the inner loop), "vectorised" (+ scoring)
+    actors: tuple[int, ...]  # the service path's actor counts, ascending
 
     def gflops(self, m: Measurement) -> float:
         """The path's arithmetic rate: its FLOPs per task times tasks/s (service: as vectorised)."""
@@ -203,7 +204,7 @@ class WorkloadResult:
         """The table's rows: every path at the spec's meta-batch size."""
         size = self.spec.meta_batch_size
         rows = [self.serial, self.at("vectorised", 0, size), *self.other_modes]
-        rows += [self.at("service", n, size) for n in ACTORS]
+        rows += [self.at("service", n, size) for n in self.actors]
         return rows + [m for m in self.compiled if m.meta_batch_size == size] + self.all_cores
 
     def best_serial(self) -> Measurement:
@@ -230,6 +231,14 @@ def torch_threads(count: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+def positive(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def actors_label(count: int) -> str:
@@ -392,7 +401,9 @@ def measure_service(
     )
 
 
-def run_workload(name: str, spec: AnyJobSpec, settings: Settings, effort: Effort) -> WorkloadResult:
+def run_workload(
+    name: str, spec: AnyJobSpec, settings: Settings, effort: Effort, actors: tuple[int, ...]
+) -> WorkloadResult:
     """Serial and the other modes at the spec's meta-batch size; vectorised and service at every
     size; first, before the actors start, serial and vectorised on all cores.
 
@@ -409,7 +420,7 @@ def run_workload(name: str, spec: AnyJobSpec, settings: Settings, effort: Effort
     if (cores := os.cpu_count() or 1) > 1:
         with torch_threads(cores):
             all_cores = [measure_serial(family, table), measure_vectorised(family, table)]
-    pools = {n: make_pool(settings, sized(spec, 1, 1, num_workers=n), dataset) for n in ACTORS}
+    pools = {n: make_pool(settings, sized(spec, 1, 1, num_workers=n), dataset) for n in actors}
     try:
         phi = init_params(family.make_model(), spec.seed)
         for n, pool in pools.items():  # a task per actor, untimed, starts and warms them up
@@ -436,7 +447,7 @@ def run_workload(name: str, spec: AnyJobSpec, settings: Settings, effort: Effort
                     dataset,
                     label(family, timed),
                 )
-                for n in ACTORS
+                for n in actors
             ]
             return [vectorised, *services]
 
@@ -454,7 +465,9 @@ def run_workload(name: str, spec: AnyJobSpec, settings: Settings, effort: Effort
         for pool in pools.values():
             pool.shutdown()
     flops = flops_per_task(family, spec)
-    return WorkloadResult(name, spec, serial, other_modes, scaling, compiled, all_cores, flops)
+    return WorkloadResult(
+        name, spec, serial, other_modes, scaling, compiled, all_cores, flops, actors
+    )
 
 
 def print_tables(result: WorkloadResult, roofline: float) -> None:
@@ -488,7 +501,7 @@ def print_tables(result: WorkloadResult, roofline: float) -> None:
         "against the meta-batch size"
     )
     print(f"{'meta-batch':>10}{'vectorised':>18}", end="")
-    print("".join(f"{f'service, {actors_label(n)}':>20}{'overhead':>10}" for n in ACTORS))
+    print("".join(f"{f'service, {actors_label(n)}':>20}{'overhead':>10}" for n in result.actors))
 
     def rate(m: Measurement) -> str:
         return f"{m.tasks_per_s:.0f} ({m.tasks_per_s / serial.tasks_per_s:.1f}×)"
@@ -496,14 +509,14 @@ def print_tables(result: WorkloadResult, roofline: float) -> None:
     def rows(sizes: list[int], compiled: bool) -> None:
         for size in sizes:
             line = f"{size:>10}{rate(result.at('vectorised', 0, size, compiled)):>18}"
-            for n in ACTORS:
+            for n in result.actors:
                 service = result.at("service", n, size, compiled)
                 line += f"{rate(service):>20}{100 * service.overhead_fraction:>9.1f}%"
             print(line)
 
     rows(result.meta_batch_sizes, compiled=False)
     largest = result.meta_batch_sizes[-1]
-    for n in ACTORS:
+    for n in result.actors:
         below = result.overhead_below_bar_from(n)
         where = f"from meta-batch {below} on" if below else f"at no meta-batch size up to {largest}"
         print(f"overhead below {OVERHEAD_BAR:.0%} with {actors_label(n)}: {where}")
@@ -516,7 +529,7 @@ def scaling_png(result: WorkloadResult) -> bytes:
     """Tasks/s and the service's overhead against the meta-batch size, one line per path."""
     figure, (rate, overhead) = plt.subplots(1, 2, figsize=(11, 4))
     lines = [("vectorised", 0, "vectorised (1 process)")]
-    lines += [("service", n, f"service, {actors_label(n)}") for n in ACTORS]
+    lines += [("service", n, f"service, {actors_label(n)}") for n in result.actors]
     sizes = result.meta_batch_sizes
     for index, (path, actors, label) in enumerate(lines):
         points = [result.at(path, actors, size) for size in sizes]
@@ -590,7 +603,7 @@ def summary(result: WorkloadResult) -> dict[str, object]:
     """The numbers the issue tracks, plus the whole scaling curve."""
     serial, vectorised = result.serial, result.at("vectorised", 0, result.spec.meta_batch_size)
     size = result.spec.meta_batch_size
-    by_actors = {n: result.at("service", n, size) for n in ACTORS}
+    by_actors = {n: result.at("service", n, size) for n in result.actors}
     return {
         "serial_tasks_per_s": serial.tasks_per_s,
         "vectorised_tasks_per_s": vectorised.tasks_per_s,
@@ -605,7 +618,7 @@ def summary(result: WorkloadResult) -> dict[str, object]:
         },
         "gflops": result.gflops(vectorised),  # in this process, on one thread
         "flops_per_task": result.flops,
-        "overhead_below_10pct_from": {n: result.overhead_below_bar_from(n) for n in ACTORS},
+        "overhead_below_10pct_from": {n: result.overhead_below_bar_from(n) for n in result.actors},
         "scaling": [
             asdict(m) | {"tasks_per_s": m.tasks_per_s, "overhead_fraction": m.overhead_fraction}
             for m in result.scaling
@@ -670,7 +683,16 @@ def main() -> None:
     )
     parser.add_argument("--data-dir", type=Path, help="default: a new temporary folder")
     parser.add_argument("--tracking-uri", help="MLflow store (default: SQLite in the data dir)")
+    parser.add_argument(
+        "--actors",
+        type=positive,
+        nargs="+",
+        default=[],
+        metavar="N",
+        help="more actor counts for the service path, beside 1 and 2 (on a cluster: RAY_ADDRESS)",
+    )
     args = parser.parse_args()
+    actors = tuple(sorted({*BAR_ACTORS, *args.actors}))
 
     torch.set_num_threads(1)  # the in-process paths get one core, like an actor
     keep_freed_memory()  # and the same malloc settings
@@ -698,10 +720,12 @@ def main() -> None:
             print(f"{name} rows skipped: no data at {data}")
             continue
         workloads[name] = workload
-    connect(None, num_cpus=4)  # as in the integration tests: room for the actors on 2 cores
+    # Every pool's actors are up at once (1 CPU each), and the controller beside them: a local
+    # Ray advertises that many CPUs, whatever the cores; a cluster must have them.
+    connect(settings.ray_address, num_cpus=sum(actors) + 1)
     try:
         results = [
-            run_workload(name, w.spec, settings, w.quick if args.quick else w.full)
+            run_workload(name, w.spec, settings, w.quick if args.quick else w.full, actors)
             for name, w in workloads.items()
         ]
     finally:
@@ -710,6 +734,7 @@ def main() -> None:
     machine = {
         "cores": str(cores),
         "torch": torch.__version__,
+        "ray": settings.ray_address or "local",
         "ray_worker_niceness": niceness,
         "effort": "quick" if args.quick else "full",
         "roofline_gflops": f"{roofline:.1f}",  # float32 matmul, one thread (what an actor has)
