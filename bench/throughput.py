@@ -65,7 +65,7 @@ from service.runtime import make_pool, make_tracker, prepare_dataset  # noqa: E4
 from service.settings import Settings  # noqa: E402
 from service.specs import AnyJobSpec, OmniglotJobSpec, SineJobSpec  # noqa: E402
 from service.trainer import MetaTrainer, Progress  # noqa: E402
-from workers.cluster import connect, disconnect  # noqa: E402
+from workers.cluster import connect, disconnect, total_resource  # noqa: E402
 from workers.memory import keep_freed_memory  # noqa: E402
 from workers.pool import WorkerPool  # noqa: E402
 
@@ -724,6 +724,10 @@ def main() -> None:
     # Ray advertises that many CPUs, whatever the cores; a cluster must have them.
     connect(settings.ray_address, num_cpus=sum(actors) + 1)
     try:
+        if (cpus := total_resource("CPU")) < sum(actors):
+            raise SystemExit(
+                f"the actors {actors} need {sum(actors)} CPUs at once; Ray has {cpus:g}"
+            )
         results = [
             run_workload(name, w.spec, settings, w.quick if args.quick else w.full, actors)
             for name, w in workloads.items()
