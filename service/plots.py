@@ -8,6 +8,7 @@ these figures are drawn on the trackers' background threads, several jobs at a t
 import io
 from collections.abc import Callable
 
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from torch import nn
 from torch.func import functional_call
@@ -29,6 +30,19 @@ def _png(figure: Figure, *, tight: bool = False) -> bytes:
     return buffer.getvalue()
 
 
+def _line_figure() -> tuple[Figure, Axes]:
+    """A line plot with room on its right for the legend (`_png_with_legend`): the curves
+    reach every corner of the axes, so a legend inside would cover some of them."""
+    figure = Figure(figsize=(8.5, 4))
+    figure.subplots_adjust(right=0.74)
+    return figure, figure.subplots()
+
+
+def _png_with_legend(figure: Figure, axes: Axes) -> bytes:
+    axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1))
+    return _png(figure)
+
+
 def sine_fit_png(
     family: SineFamily,
     phi: Params,
@@ -47,24 +61,19 @@ def sine_fit_png(
     after = adapt_and_predict(
         family.loss, model, phi, task.support, x, steps=steps, lr=lr, optimizer=optimizer
     ).predictions
-    figure = Figure(figsize=(8.5, 4))
-    figure.subplots_adjust(right=0.74)  # room for the legend: curves reach every corner
-    axes = figure.subplots()
+    figure, axes = _line_figure()
     axes.plot(x, task.query.targets, "k-", label="true")
     axes.plot(x, before, "b--", label="before adaptation (φ)")
     axes.plot(x, after, "r-", label=f"after {steps} steps")
     axes.plot(task.support.inputs, task.support.targets, "ko", label="support points")
     axes.set(xlabel="x", ylabel="y", title=title, ylim=(-5.5, 5.5))
-    axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1))
-    return _png(figure)
+    return _png_with_legend(figure, axes)
 
 
 def learning_curve_png(history: list[dict[str, float]], metric_prefix: str) -> bytes:
     """Held-out metrics (`metric_prefix`*) against round: losses on a log scale, accuracies
     with their 95 % confidence intervals as error bars."""
-    figure = Figure(figsize=(8.5, 4))
-    figure.subplots_adjust(right=0.74)  # room for the legend, beside the curves it names
-    axes = figure.subplots()
+    figure, axes = _line_figure()
     keys = dict.fromkeys(  # in the evaluation's order: before, then after 1, 5, 32 steps
         k for row in history for k in row if k.startswith(metric_prefix) and not k.endswith("_ci95")
     )
@@ -79,8 +88,7 @@ def learning_curve_png(history: list[dict[str, float]], metric_prefix: str) -> b
     loss = "mse" in metric_prefix
     axes.set(xlabel="round", ylabel=metric_prefix, title="Learning curve")
     axes.set_yscale("log" if loss else "linear")
-    axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1))
-    return _png(figure)
+    return _png_with_legend(figure, axes)
 
 
 def prediction_grid_png(
