@@ -3,6 +3,7 @@
 import base64
 import binascii
 from typing import Annotated, Any
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import (
     BaseModel,
@@ -14,9 +15,8 @@ from pydantic import (
     model_validator,
 )
 
-from service.records import AdaptationRecord, JobRecord
-from service.registry import MODEL_URI_PATTERN
-from service.specs import JobSpec
+from service.records import AdaptationBase, AdaptationRecord, JobBase, JobRecord, MlflowInfo
+from service.specs import MODEL_URI_PATTERN, JobSpec
 
 MAX_SUPPORT_POINTS = 1_000
 MAX_QUERY_POINTS = 10_000
@@ -26,8 +26,41 @@ MAX_SUPPORT_IMAGES = 500
 MAX_QUERY_IMAGES = 1_000
 
 JobCreate = JobSpec
-JobPublic = JobRecord
-AdaptationPublic = AdaptationRecord
+
+
+def without_password(uri: str) -> str:
+    """`uri` with the password of its user info, if any, replaced by ***."""
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+
+
+class MlflowPublic(MlflowInfo):
+    tracking_uri: str = Field(description="The service's MLflow store, any password masked")
+
+
+class JobPublic(JobBase):
+    """A job as clients see it: no server paths, no secrets."""
+
+    id: str
+    spec: JobSpec
+    mlflow: MlflowPublic
+
+    @classmethod
+    def of(cls, record: JobRecord, tracking_uri: str) -> "JobPublic":
+        mlflow = MlflowPublic(
+            **record.mlflow.model_dump(), tracking_uri=without_password(tracking_uri)
+        )
+        fields = {name: getattr(record, name) for name in JobBase.model_fields}
+        return cls(**fields, id=record.id, spec=record.spec, mlflow=mlflow)
+
+
+class AdaptationPublic(AdaptationBase):
+    @classmethod
+    def of(cls, record: AdaptationRecord) -> "AdaptationPublic":
+        return cls(**dict(record))  # every field of a record is public
 
 
 class JobsPublic(BaseModel):

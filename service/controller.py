@@ -22,14 +22,15 @@ from service.adaptation import AdaptationError, Images, Points, Source, image_sh
 from service.datasets import DatasetError
 from service.metrics import ServiceMetrics
 from service.records import AdaptationRecord, JobRecord, JobState, MlflowInfo, now
-from service.registry import ModelNotFound, Registry, RegistryError, register
-from service.runtime import make_pool, make_tracker, prepare_dataset
+from service.registry import ModelNotFound, Registry, RegistryError
+from service.runner import JobRunner
+from service.runtime import make_tracker, prepare_dataset
 from service.settings import Settings
 from service.specs import AnyJobSpec
 from service.store import Store, new_id
 from service.tracking import ModelVersionRef, RunRef, Tracker, run_url
-from service.trainer import MetaTrainer, Progress
-from service.weights import read_checkpoint, read_weights, weights_to_bytes, write_weights
+from service.trainer import Progress
+from service.weights import read_checkpoint, read_weights
 from workers.cluster import connect, shortfall
 from workers.memory import keep_freed_memory
 
@@ -72,7 +73,7 @@ class _Active:
 
     stop: threading.Event = field(default_factory=threading.Event)
     interrupted: bool = False  # stopped by a shutdown, to be resumed, not by a cancel
-    trainer: MetaTrainer | None = None
+    runner: JobRunner | None = None
     persisted_at: float = 0.0
 
 
@@ -133,7 +134,6 @@ class Controller:
             spec=spec,
             dataset=dataset,
             rounds=spec.rounds,
-            mlflow=MlflowInfo(tracking_uri=self.settings.tracking_uri),
         )
         with self._lock:
             self._check_capacity()
@@ -202,7 +202,7 @@ class Controller:
         record = self.get(job_id)
         with self._lock:
             active = self._active.get(job_id)
-            trainer = active.trainer if active else None
+            trainer = active.runner.trainer if active and active.runner else None
         if trainer is not None:
             return trainer.phi, record.round
         if self.store.weights_path(job_id).exists() and record.state.terminal:
@@ -321,58 +321,39 @@ class Controller:
             self._finish(job_id)
             return
         record = self.get(job_id)
-        spec = record.spec
         self._update(job_id, state=JobState.running, started_at=record.started_at or now())
+        try:
+            tracker = self._tracker(record)
+        except Exception as error:  # e.g. its journal cannot be read: no run to end
+            log.exception("job %s failed", job_id)
+            self._update(
+                job_id,
+                state=JobState.failed,
+                finished_at=now(),
+                error=f"{type(error).__name__}: {error}",
+            )
+            self._finish(job_id)
+            return
+        active.runner = JobRunner(
+            self.settings,
+            job_id,
+            record.spec,
+            record.dataset,
+            self.store.checkpoint_path(job_id),
+            self.store.weights_path(job_id),
+            tracker,
+            on_progress=lambda progress: self._progress(job_id, progress, tracker),
+        )
+        outcome = active.runner.run(active.stop.is_set, lambda: active.interrupted)
         # The outcome is recorded only after MLflow has the whole run, so a job that reads
         # `succeeded` has its metrics and artifacts in MLflow (unless tracking is degraded).
-        outcome: dict[str, object] = {"state": JobState.failed}
-        status: str | None = "FAILED"
-        tracker, pool = None, None
-        try:
-            checkpoint_path = self.store.checkpoint_path(job_id)
-            resume = read_checkpoint(checkpoint_path) if checkpoint_path.exists() else None
-            tracker = self._tracker(record)
-            pool = make_pool(self.settings, spec, record.dataset, active.stop.is_set)
-            trainer = MetaTrainer(
-                spec,
-                pool,
-                tracker,
-                checkpoint_path,
-                resume=resume,
-                dataset=record.dataset,
-                on_progress=lambda progress: self._progress(job_id, progress, tracker),
-            )
-            active.trainer = trainer
-            completed = trainer.run(should_stop=active.stop.is_set)
-            if not completed and active.interrupted:
-                # left running: the next start resumes it, in the same MLflow run
-                outcome, status = {}, None
-            else:
-                write_weights(self.store.weights_path(job_id), trainer.phi)
-                tracker.log_artifact(weights_to_bytes(trainer.phi), "weights/phi.safetensors")
-                if completed:
-                    shape = image_shape(spec, record.dataset)
-                    final = Source(spec, trainer.phi, job_id, spec.rounds, shape)
-                    register(tracker, final, trainer.history[-1])
-                status = "FINISHED" if completed else "KILLED"
-                outcome["state"] = JobState.succeeded if completed else JobState.cancelled
-        except Exception as error:
-            log.exception("job %s failed", job_id)
-            outcome["error"] = f"{type(error).__name__}: {error}"
-            if active.trainer is not None and active.trainer.checkpointed:
-                outcome["checkpoint_round"] = active.trainer.checkpointed
-        finally:
-            if pool is not None:
-                if tracker is not None:  # the Ray nodes that ran it, where its actor logs are
-                    tracker.set_tag("ray_nodes", ",".join(sorted(pool.node_ids)))
-                pool.shutdown()
-            if tracker is not None:
-                tracker.finish(status)
-                outcome["mlflow"] = self._mlflow_info(tracker.run, tracker)
-            if "state" in outcome:
-                outcome["finished_at"] = now()
-            self._update(job_id, **outcome)
-            self._finish(job_id)
+        changes: dict[str, object] = {"mlflow": self._mlflow_info(tracker.run, tracker)}
+        if outcome.state is not None:  # None: interrupted, left running to resume at start
+            changes |= {"state": outcome.state, "finished_at": now(), "error": outcome.error}
+        if outcome.checkpoint_round is not None:
+            changes["checkpoint_round"] = outcome.checkpoint_round
+        self._update(job_id, **changes)
+        self._finish(job_id)
 
     def _finish(self, job_id: str) -> None:
         with self._lock:
@@ -407,7 +388,6 @@ class Controller:
     def _mlflow_info(self, run: RunRef | None, tracker: Tracker | None = None) -> MlflowInfo:
         degraded = tracker is not None and tracker.degraded
         return MlflowInfo(
-            tracking_uri=self.settings.tracking_uri,
             experiment_id=run.experiment_id if run else None,
             run_id=run.run_id if run else None,
             ui_url=run_url(self.settings.mlflow_ui_url, run) if run else None,

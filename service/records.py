@@ -1,4 +1,8 @@
-"""Job and adaptation records: what the store persists and the API returns."""
+"""Job and adaptation records: what the store persists.
+
+The API answers with its own models (`api.schemas`), built on the `*Base` models here, so a
+field added to a record for the server's use never reaches a client by accident.
+"""
 
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -27,7 +31,6 @@ def now() -> datetime:
 class MlflowInfo(BaseModel):
     """Where the job's run lives; ids are null until the run has been created."""
 
-    tracking_uri: str
     experiment_id: str | None = None
     run_id: str | None = None
     ui_url: str | None = None
@@ -40,12 +43,9 @@ class MlflowInfo(BaseModel):
     model_version: str | None = Field(default=None, description="That registered model version")
 
 
-class JobRecord(BaseModel):
-    id: str
-    spec: JobSpec
-    dataset: str | None = Field(
-        default=None, description="An image job's prepared data set (made from spec.data)"
-    )
+class JobBase(BaseModel):
+    """A job's progress: the fields its stored record and its public answer share."""
+
     state: JobState = JobState.queued
     round: int = Field(default=0, description="Rounds completed")
     rounds: int
@@ -53,11 +53,22 @@ class JobRecord(BaseModel):
     evaluation: dict[str, float] = Field(default_factory=dict, description="Latest evaluation")
     checkpoint_round: int | None = Field(default=None, description="Round of the last checkpoint")
     error: str | None = None
-    mlflow: MlflowInfo
     created_at: datetime = Field(default_factory=now)
     updated_at: datetime = Field(default_factory=now)
     started_at: datetime | None = None
     finished_at: datetime | None = None
+
+
+class JobRecord(JobBase):
+    """What the store persists of a job, server internals included (`dataset` is a path on
+    the server: API answers leave it out)."""
+
+    id: str
+    spec: JobSpec
+    dataset: str | None = Field(
+        default=None, description="An image job's prepared data set (made from spec.data)"
+    )
+    mlflow: MlflowInfo = Field(default_factory=MlflowInfo)
 
 
 class ClassPrediction(BaseModel):
@@ -65,7 +76,9 @@ class ClassPrediction(BaseModel):
     probabilities: dict[str, float]
 
 
-class AdaptationRecord(BaseModel):
+class AdaptationBase(BaseModel):
+    """An adaptation's result: the fields its stored record and its public answer share."""
+
     id: str
     job_id: str
     model: str | None = Field(
@@ -79,3 +92,7 @@ class AdaptationRecord(BaseModel):
         description="Per query input: a value (regression) or a label with probabilities"
     )
     created_at: datetime = Field(default_factory=now)
+
+
+class AdaptationRecord(AdaptationBase):
+    """What the store persists of an adaptation (its weights lie beside it)."""

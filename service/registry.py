@@ -33,12 +33,10 @@ from pydantic import BaseModel
 
 from reptile.params import Params
 from service.adaptation import AdaptationError, Images, ImageShape, Points, Source, adapt
-from service.specs import JobSpec, SineJobSpec, registered_model_name
+from service.specs import MODEL_URI_PATTERN, JobSpec, SineJobSpec, registered_model_name
 from service.tracking import Tracker
 from service.weights import read_weights, write_weights
 
-# versions count from 1; nine digits keep a version within the stores' integer columns
-MODEL_URI_PATTERN = r"^models:/(?P<name>[^/@:]+)(?:/(?P<version>[0-9]{1,9})|@(?P<alias>[\w-]+))$"
 _NOT_FOUND = ErrorCode.Name(RESOURCE_DOES_NOT_EXIST)
 _ENTRY_POINT = Path(__file__).with_name("registry_model.py")  # models-from-code: set_model(…)
 _OPTIONS = [

@@ -262,6 +262,10 @@ AnyJobSpec = SineJobSpec | OmniglotJobSpec | ImageFolderJobSpec
 _JOB_SPEC: TypeAdapter[AnyJobSpec] = TypeAdapter(JobSpec)
 
 
+# versions count from 1; nine digits keep a version within the stores' integer columns
+MODEL_URI_PATTERN = r"^models:/(?P<name>[^/@:]+)(?:/(?P<version>[0-9]{1,9})|@(?P<alias>[\w-]+))$"
+
+
 def registered_model_name(spec: AnyJobSpec) -> str:
     """The MLflow registered model that the job's final φ becomes a version of."""
     return spec.model_name or f"reptile-{spec.task}"

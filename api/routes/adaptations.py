@@ -163,7 +163,7 @@ async def create_adaptation(
         lambda: controller.adapt(controller.job_source(job_id), task, steps=steps, lr=lr)
     )
     response.headers["Location"] = f"/v1/adaptations/{record.id}"
-    return record
+    return AdaptationPublic.of(record)
 
 
 @router.post(
@@ -184,12 +184,12 @@ async def create_model_adaptation(
     task, steps, lr = _task(source.spec, {k: v for k, v in data.items() if k != "model"}, strict)
     record = await run_in_threadpool(lambda: controller.adapt(source, task, steps=steps, lr=lr))
     response.headers["Location"] = f"/v1/adaptations/{record.id}"
-    return record
+    return AdaptationPublic.of(record)
 
 
 @router.get("/v1/adaptations/{adaptation_id}", response_model=AdaptationPublic)
 def read_adaptation(adaptation_id: str, controller: ControllerDep) -> AdaptationPublic:
-    return controller.adaptation(adaptation_id)
+    return AdaptationPublic.of(controller.adaptation(adaptation_id))
 
 
 @router.get(

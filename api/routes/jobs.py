@@ -11,38 +11,44 @@ from api import errors
 from api.deps import ControllerDep
 from api.routes.weights import WEIGHTS_RESPONSES, WeightsFormat, weights_response
 from api.schemas import JobCreate, JobPublic, JobsPublic
+from service.controller import Controller
+from service.records import JobRecord
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=errors.RESPONSES)
 
 EVENT_POLL_S = 0.25
 
 
+def _public(record: JobRecord, controller: Controller) -> JobPublic:
+    return JobPublic.of(record, controller.settings.tracking_uri)
+
+
 @router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=JobPublic)
 def create_job(job: JobCreate, controller: ControllerDep, response: Response) -> JobPublic:
     record = controller.submit(job)
     response.headers["Location"] = f"/v1/jobs/{record.id}"
-    return record
+    return _public(record, controller)
 
 
 @router.get("", response_model=JobsPublic)
 def list_jobs(controller: ControllerDep) -> JobsPublic:
-    records = controller.jobs()
+    records = [_public(record, controller) for record in controller.jobs()]
     return JobsPublic(data=records, count=len(records))
 
 
 @router.get("/{job_id}", response_model=JobPublic)
 def read_job(job_id: str, controller: ControllerDep) -> JobPublic:
-    return controller.get(job_id)
+    return _public(controller.get(job_id), controller)
 
 
 @router.post("/{job_id}/cancel", status_code=status.HTTP_202_ACCEPTED, response_model=JobPublic)
 def cancel_job(job_id: str, controller: ControllerDep) -> JobPublic:
-    return controller.cancel(job_id)
+    return _public(controller.cancel(job_id), controller)
 
 
 @router.post("/{job_id}/resume", status_code=status.HTTP_202_ACCEPTED, response_model=JobPublic)
 def resume_job(job_id: str, controller: ControllerDep) -> JobPublic:
-    return controller.resume(job_id)
+    return _public(controller.resume(job_id), controller)
 
 
 def _existing_job(job_id: str, controller: ControllerDep) -> str:
@@ -61,7 +67,8 @@ async def job_events(
         key = (record.state, record.round, record.mlflow.run_id, record.mlflow.status)
         if key != last:
             last = key
-            yield ServerSentEvent(data=record.model_dump(mode="json"), event="progress")
+            public = _public(record, controller)
+            yield ServerSentEvent(data=public.model_dump(mode="json"), event="progress")
         if record.state.terminal:
             yield ServerSentEvent(data={"id": job_id, "state": record.state.value}, event="end")
             return

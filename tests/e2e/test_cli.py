@@ -2,6 +2,8 @@
 
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -9,19 +11,39 @@ from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
+from mlflow.entities import Run
 from safetensors.torch import load_file
 
-from service.records import AdaptationRecord, ClassPrediction, JobRecord, JobState
+from api.schemas import AdaptationPublic, JobPublic
+from service.records import ClassPrediction, JobState
 from tests.utils.images import learnable_omniglot_tree
+from tests.utils.net import wait_until
 from tests.utils.server import Server, start_server
 
 
-def _reptile(*args: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
+def _environment(data_dir: Path) -> dict[str, str]:
     env = {**os.environ, "REPTILE_DATA_DIR": str(data_dir), "REPTILE_RAY_NUM_CPUS": "2"}
     env.pop("MLFLOW_TRACKING_URI", None)
     env.pop("RAY_ADDRESS", None)
-    reptile = str(Path(sys.executable).with_name("reptile"))
-    return subprocess.run([reptile, *args], env=env, capture_output=True, text=True, timeout=600)
+    return env
+
+
+REPTILE = str(Path(sys.executable).with_name("reptile"))
+
+
+def _reptile(*args: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [REPTILE, *args], env=_environment(data_dir), capture_output=True, text=True, timeout=600
+    )
+
+
+def _reptile_process(*args: str, data_dir: Path, stderr: Path) -> subprocess.Popen[bytes]:
+    """The command in the background, its standard error to a file (a pipe left unread would
+    fill up with the progress bar and block it)."""
+    with stderr.open("wb") as file:
+        return subprocess.Popen(
+            [REPTILE, *args], env=_environment(data_dir), stdout=subprocess.DEVNULL, stderr=file
+        )
 
 
 def test_train_runs_a_yaml_job_and_logs_it(tmp_path: Path) -> None:
@@ -53,6 +75,53 @@ def test_train_rejects_a_bad_job_file(tmp_path: Path) -> None:
     result = _reptile("train", str(job), data_dir=tmp_path)
     assert result.returncode == 2
     assert "inner_stepz" in result.stderr and "Extra inputs are not permitted" in result.stderr
+
+
+def _only_run(data_dir: Path) -> Run:
+    client = MlflowClient(f"sqlite:///{data_dir / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("reptile-sine")
+    assert experiment is not None
+    (run,) = client.search_runs([experiment.experiment_id])
+    return run
+
+
+def test_train_that_diverges_ends_its_run_failed(tmp_path: Path) -> None:
+    job = tmp_path / "job.json"
+    job.write_text(
+        '{"rounds": 200, "inner_lr": 100, "outer_optimizer": "sgd", "outer_lr": 1.0, '
+        '"eval_every": 0, "num_workers": 1}'
+    )
+    result = _reptile("train", str(job), data_dir=tmp_path)
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Divergence" in errors[0], result.stderr
+    assert "Traceback" not in result.stderr
+    assert _only_run(tmp_path).info.status == "FAILED"
+
+
+def test_train_interrupted_by_ctrl_c_ends_its_run_killed(tmp_path: Path) -> None:
+    job = tmp_path / "job.yaml"
+    job.write_text("rounds: 1000000\neval_every: 0\nnum_workers: 1\ncheckpoint_every: 1000\n")
+    log = tmp_path / "stderr.txt"
+    process = _reptile_process("train", str(job), data_dir=tmp_path, stderr=log)
+    try:
+        trained = re.compile(r"\b[1-9][0-9]*/1000000\b")  # the progress bar, past round 0
+        wait_until(lambda: bool(trained.search(log.read_text())), 300, "the job to train")
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=120)
+    finally:
+        process.kill()
+    stderr = log.read_text()
+    assert process.returncode == 130, stderr
+    assert "error: interrupted at round" in stderr and "Traceback" not in stderr
+    run = _only_run(tmp_path)
+    assert run.info.status == "KILLED"
+    assert "weights/phi.safetensors" in {
+        a.path
+        for a in MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").list_artifacts(
+            run.info.run_id, "weights"
+        )
+    }
 
 
 # --- client commands against a real server -------------------------------------------------
@@ -140,7 +209,7 @@ def test_list_show_logs_and_weights_of_a_finished_job(
     assert fields["state"] == "succeeded" and fields["round"] == "12/12"
     assert "#/experiments/" in fields["mlflow"] and "eval_mse_after_32" in fields
     as_json = _client_cli(server, "jobs", "show", job_id, "--json")
-    record = JobRecord.model_validate_json(as_json.stdout)
+    record = JobPublic.model_validate_json(as_json.stdout)
     assert record.id == job_id and record.state == JobState.succeeded
 
     logs = _client_cli(server, "jobs", "logs", job_id)
@@ -206,7 +275,7 @@ def test_adapt_an_image_job_to_labelled_images(server: Server, tmp_path: Path) -
         "--json",
     )
     assert result.returncode == 0, result.stderr
-    record = AdaptationRecord.model_validate_json(result.stdout)
+    record = AdaptationPublic.model_validate_json(result.stdout)
     (prediction,) = record.predictions
     assert isinstance(prediction, ClassPrediction)
     assert set(prediction.probabilities) == {"a", "b", "c"}

@@ -8,8 +8,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from safetensors.torch import load_file
 
-from service.client import ReptileClient, ServiceError
-from service.records import AdaptationRecord, JobRecord, JobState
+from api.client import ReptileClient, ServiceError
+from api.schemas import AdaptationPublic, JobPublic
+from service.records import JobState
 from service.specs import SineJobSpec
 from tests.utils.server import Server
 
@@ -32,7 +33,7 @@ def _scrape(server: Server) -> dict[tuple[str, tuple[tuple[str, str], ...]], flo
 def test_a_job_from_submission_to_adapted_weights(server: Server, tmp_path: Path) -> None:
     with ReptileClient(server.url) as client:
         job = client.submit(SineJobSpec.model_validate({"name": "client-test", **SMALL}))
-        assert isinstance(job, JobRecord) and job.state == JobState.queued
+        assert isinstance(job, JobPublic) and job.state == JobState.queued
         assert job.spec.name == "client-test" and job.rounds == 12
 
         seen = list(client.events(job.id))
@@ -52,7 +53,7 @@ def test_a_job_from_submission_to_adapted_weights(server: Server, tmp_path: Path
         adapted = client.adapt_points(
             job.id, x=xs, y=[math.sin(x) for x in xs], query_x=[0.5, 2.0], steps=8, lr=0.02
         )
-        assert isinstance(adapted, AdaptationRecord)
+        assert isinstance(adapted, AdaptationPublic)
         assert adapted.job_id == job.id and adapted.steps == 8 and len(adapted.predictions) == 2
         assert client.adaptation(adapted.id) == adapted
         path = client.download_adaptation_weights(adapted.id, tmp_path / "adapted.safetensors")

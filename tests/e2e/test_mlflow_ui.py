@@ -18,8 +18,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.client import ReptileClient
-from service.records import JobRecord, JobState
+from api.client import ReptileClient
+from api.schemas import JobPublic
+from service.records import JobState
 from tests.utils.net import free_port, wait_until
 from tests.utils.server import Server, start_server
 
@@ -81,7 +82,7 @@ def server(data_dir: Path, mlflow_ui: str) -> Iterator[Server]:
 
 
 @pytest.fixture(scope="module")
-def finished(server: Server) -> JobRecord:
+def finished(server: Server) -> JobPublic:
     with ReptileClient(server.url) as client:
         job = client.submit(JOB)
         record = client.wait(job.id, timeout=300)
@@ -114,7 +115,7 @@ def _text(dom: str) -> str:
 
 
 def test_the_job_link_opens_its_run_with_every_metric(
-    finished: JobRecord, mlflow_ui: str, tmp_path: Path
+    finished: JobPublic, mlflow_ui: str, tmp_path: Path
 ) -> None:
     url = finished.mlflow.ui_url
     assert url is not None and url.startswith(f"{mlflow_ui}/#/experiments/")
@@ -133,7 +134,7 @@ def _line_blue(screenshot: Path) -> int:
 
 
 def test_a_screenshot_of_the_runs_metric_charts(
-    finished: JobRecord, mlflow_ui: str, tmp_path: Path
+    finished: JobPublic, mlflow_ui: str, tmp_path: Path
 ) -> None:
     url = f"{finished.mlflow.ui_url}/model-metrics"
     profile = tmp_path / "profile"

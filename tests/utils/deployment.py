@@ -12,7 +12,7 @@ import typer
 from mlflow.cli import server as mlflow_server
 from pydantic import AliasChoices
 
-from service.cli import app
+from api.cli import app
 from service.settings import Settings
 
 with warnings.catch_warnings():  # Ray's CLI module imports Ray Serve, which warns on import

@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
-from service.client import ReptileClient, server_sent_events
+from api.client import ReptileClient, server_sent_events
 
 
 def test_server_sent_events_are_parsed_per_the_spec() -> None:
@@ -77,7 +77,7 @@ def test_a_token_is_sent_as_a_bearer_header(
 
 def test_the_client_commands_load_neither_torch_nor_ray_nor_mlflow() -> None:
     """`reptile jobs list` must start fast: only `serve` and `train` need the heavy stack."""
-    code = "import sys, service.cli; print(sorted({'torch', 'ray', 'mlflow'} & set(sys.modules)))"
+    code = "import sys, api.cli; print(sorted({'torch', 'ray', 'mlflow'} & set(sys.modules)))"
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
     )

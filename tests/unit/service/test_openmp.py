@@ -6,9 +6,9 @@ import sys
 
 PROBE = """
 import os, sys
-import service.cli
+import api.cli.local
 assert "torch" not in sys.modules, "importing the CLI loaded torch: too late to set the policy"
-service.cli.quiet_openmp()
+api.cli.local.quiet_openmp()
 import torch  # libgomp reads its settings as it loads, with torch
 print(os.environ.get("OMP_WAIT_POLICY"), os.environ.get("GOMP_SPINCOUNT"))
 """

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from service.cli import read_job_file
+from api.cli.local import read_job_file
 from service.specs import OmniglotJobSpec, SineJobSpec, parse_spec
 
 

@@ -1,4 +1,4 @@
-"""A typed Python client of the HTTP API, returning the service's own record models.
+"""A typed Python client of the HTTP API, returning the API's own answer models.
 
     with ReptileClient("http://127.0.0.1:8000") as client:
         job = client.submit({"rounds": 500})
@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 from pydantic import BaseModel
 
-from service.records import AdaptationRecord, JobRecord
+from api.schemas import AdaptationPublic, JobPublic
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 URL_ENV = "REPTILE_URL"
@@ -112,28 +112,28 @@ class ReptileClient:
         return response
 
     # --- jobs ---------------------------------------------------------------------------
-    def submit(self, spec: BaseModel | Mapping[str, Any]) -> JobRecord:
+    def submit(self, spec: BaseModel | Mapping[str, Any]) -> JobPublic:
         """Queue a job; a mapping is validated by the server (unknown fields are a 422)."""
         body = spec.model_dump(mode="json") if isinstance(spec, BaseModel) else dict(spec)
-        return JobRecord.model_validate_json(self._request("POST", "/v1/jobs", json=body).content)
+        return JobPublic.model_validate_json(self._request("POST", "/v1/jobs", json=body).content)
 
-    def get(self, job_id: str) -> JobRecord:
-        return JobRecord.model_validate_json(self._request("GET", f"/v1/jobs/{job_id}").content)
+    def get(self, job_id: str) -> JobPublic:
+        return JobPublic.model_validate_json(self._request("GET", f"/v1/jobs/{job_id}").content)
 
-    def jobs(self) -> list[JobRecord]:
+    def jobs(self) -> list[JobPublic]:
         data = self._request("GET", "/v1/jobs").json()["data"]
-        return [JobRecord.model_validate(record) for record in data]
+        return [JobPublic.model_validate(record) for record in data]
 
-    def cancel(self, job_id: str) -> JobRecord:
+    def cancel(self, job_id: str) -> JobPublic:
         """Ask the job to stop after its current round (the record may still read running)."""
         response = self._request("POST", f"/v1/jobs/{job_id}/cancel")
-        return JobRecord.model_validate_json(response.content)
+        return JobPublic.model_validate_json(response.content)
 
-    def resume(self, job_id: str) -> JobRecord:
+    def resume(self, job_id: str) -> JobPublic:
         response = self._request("POST", f"/v1/jobs/{job_id}/resume")
-        return JobRecord.model_validate_json(response.content)
+        return JobPublic.model_validate_json(response.content)
 
-    def events(self, job_id: str) -> Iterator[JobRecord]:
+    def events(self, job_id: str) -> Iterator[JobPublic]:
         """The job's record each time its round or state changes, until it ends (SSE).
 
         The last record is terminal. Rounds faster than the server's polling are skipped.
@@ -141,11 +141,11 @@ class ReptileClient:
         with self._stream(f"/v1/jobs/{job_id}/events") as response:
             for event, data in server_sent_events(response.iter_lines()):
                 if event == "progress":
-                    yield JobRecord.model_validate(json.loads(data))
+                    yield JobPublic.model_validate(json.loads(data))
                 elif event == "end":
                     return
 
-    def wait(self, job_id: str, timeout: float | None = None, poll_s: float = 0.5) -> JobRecord:
+    def wait(self, job_id: str, timeout: float | None = None, poll_s: float = 0.5) -> JobPublic:
         """Poll until the job is succeeded, failed or cancelled; TimeoutError after `timeout`."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
@@ -170,7 +170,7 @@ class ReptileClient:
         query_x: Sequence[float],
         steps: int | None = None,
         lr: float | None = None,
-    ) -> AdaptationRecord:
+    ) -> AdaptationPublic:
         """Adapt a sine job's φ to the support points (x, y) and predict at `query_x`."""
         body: dict[str, Any] = {
             "support": {"x": list(x), "y": list(y)},
@@ -178,7 +178,7 @@ class ReptileClient:
         }
         body.update(_options(steps, lr))
         response = self._request("POST", f"/v1/jobs/{job_id}/adaptations", json=body)
-        return AdaptationRecord.model_validate_json(response.content)
+        return AdaptationPublic.model_validate_json(response.content)
 
     def adapt_images(
         self,
@@ -188,18 +188,18 @@ class ReptileClient:
         *,
         steps: int | None = None,
         lr: float | None = None,
-    ) -> AdaptationRecord:
+    ) -> AdaptationPublic:
         """Adapt an image job's φ to (image, label) pairs and classify the query images."""
         files = [("support", _upload(image, i)) for i, (image, _) in enumerate(support)]
         files += [("query", _upload(image, i)) for i, image in enumerate(query)]
         form: dict[str, Any] = {"labels": [label for _, label in support]}
         form.update({name: str(value) for name, value in _options(steps, lr).items()})
         response = self._request("POST", f"/v1/jobs/{job_id}/adaptations", files=files, data=form)
-        return AdaptationRecord.model_validate_json(response.content)
+        return AdaptationPublic.model_validate_json(response.content)
 
-    def adaptation(self, adaptation_id: str) -> AdaptationRecord:
+    def adaptation(self, adaptation_id: str) -> AdaptationPublic:
         response = self._request("GET", f"/v1/adaptations/{adaptation_id}")
-        return AdaptationRecord.model_validate_json(response.content)
+        return AdaptationPublic.model_validate_json(response.content)
 
     def download_adaptation_weights(self, adaptation_id: str, path: Path) -> Path:
         """Save an adaptation's adapted weights (safetensors) to `path`."""
