@@ -59,7 +59,7 @@ def main() -> None:
     seeds = eval_task_seeds(args.eval_tasks)
 
     def score(phi: dict[str, torch.Tensor]) -> dict[int, float]:
-        return evaluate(family, model, phi, seeds, STEPS, 0.02, "sgd")
+        return evaluate(family, model, phi, seeds, InnerConfig(steps=max(STEPS), lr=0.02), STEPS)
 
     rows = [("random init", 0, 0.0, score(init_params(model, 0)))]
     started = time.perf_counter()

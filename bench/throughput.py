@@ -55,7 +55,7 @@ from mlflow import MlflowClient  # noqa: E402
 from mlflow.entities import Metric, Param  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from reptile.inner import chunk_step, run_tasks  # noqa: E402
+from reptile.inner import batched_step, run_tasks  # noqa: E402
 from reptile.meta import MetaOptimizer, epsilon  # noqa: E402
 from reptile.params import init_params, scale  # noqa: E402
 from reptile.serial import train_serial  # noqa: E402
@@ -326,7 +326,8 @@ def measure_vectorised(family: TaskFamily, spec: AnyJobSpec) -> Measurement:
     model = family.make_model()
     config = spec.meta_config()
     meta = MetaOptimizer(init_params(model, spec.seed), config.outer_optimizer)
-    step = chunk_step(family, model, config.inner)  # as an actor keeps it
+    # as an actor keeps it
+    step = batched_step(family, model, config.inner, compile=spec.compile_inner_loop)
     # First-call costs (and compiling) only: two tasks (a whole Omniglot round would take
     # seconds; a one-task chunk would compile a graph of its own)
     run_tasks(family, model, meta.phi, task_seeds(spec.seed, 0, 2), config.inner, step=step)
@@ -432,7 +433,9 @@ def run_workload(
             vectorised = measure_vectorised(family, timed)
             if compiled:  # each actor compiles its step before the timing, as in a long job
                 for n, pool in pools.items():
-                    pool.run_round(phi, task_seeds(spec.seed, 0, 2 * n), timed.inner_config())
+                    pool.run_round(
+                        phi, task_seeds(spec.seed, 0, 2 * n), timed.inner_config(), compile=True
+                    )
             services = [
                 measure_service(  # + the last round (evaluation and checkpoint), not timed
                     settings,

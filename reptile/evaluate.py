@@ -1,4 +1,8 @@
-"""Adapt-and-score on held-out tasks: how good φ is as an initialisation for new tasks."""
+"""Adapt-and-score on held-out tasks: how good φ is as an initialisation for new tasks.
+
+Every adaptation here runs as an `InnerConfig` says (a job's `eval_config`, full batches on
+the support set); `transductive` says how an adapted classifier predicts (`classify`).
+"""
 
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -8,19 +12,8 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from reptile.inner import (
-    BatchLoss,
-    InnerOptimizer,
-    LossFn,
-    adapt,
-    chunk_gradient,
-    chunk_loss,
-    full_batches,
-    make_step,
-    stacked_copies,
-    task_loss,
-    trajectory,
-)
+from reptile.gradients import BatchLoss, LossFn, batched_gradient, batched_loss, task_loss
+from reptile.inner import InnerConfig, adapt, make_step, stacked_copies, trajectory
 from reptile.params import Params
 from reptile.tasks import EvalTask, Task, TaskFamily
 from reptile.tasks.base import Gradient, stack
@@ -32,19 +25,23 @@ def query_losses(
     phi: Params,
     support: Task,
     query: Task,
+    config: InnerConfig,
     step_counts: Iterable[int],
-    lr: float,
-    optimizer: InnerOptimizer,
 ) -> dict[int, Tensor]:
-    """Query loss after adapting to the support set for each of `step_counts` (0 = φ itself).
+    """Query loss after adapting to the support set as `config` says, for each of
+    `step_counts` (0 = φ itself; none past `config.steps`).
 
     One adaptation of the most steps, scored on its way: full-batch steps are deterministic,
     so a shorter adaptation is a prefix of it. `loss` may be per task over stacked tasks
     (`tasks_loss`, with φ stacked alike): then every loss is a (tasks,) tensor. `gradient` is
-    that of `loss`, as `chunk_gradient` gives it.
+    that of `loss`, as `batched_gradient` gives it.
     """
     counts = set(step_counts)
-    step = make_step(gradient, lr=lr, optimizer=optimizer)
+    if config.batch_size is not None:
+        raise ValueError("a held-out task adapts on its whole support set (batch_size None)")
+    if max(counts) > config.steps:
+        raise ValueError(f"step counts {sorted(counts)} go past the {config.steps} steps")
+    step = make_step(gradient, config)
     batches = repeat((support.inputs, support.targets), max(counts))
     with torch.no_grad():
         losses = {0: loss(phi, query.inputs, query.targets)} if 0 in counts else {}
@@ -59,21 +56,21 @@ def evaluate(
     model: nn.Module,
     phi: Params,
     seeds: list[int],
+    config: InnerConfig,
     step_counts: Iterable[int],
-    lr: float,
-    optimizer: InnerOptimizer,
 ) -> dict[int, float]:
-    """Mean query loss over the held-out tasks of `seeds`, per number of adaptation steps.
+    """Mean query loss over the held-out tasks of `seeds` adapted as `config` says, after each
+    of `step_counts` steps.
 
     The tasks adapt all at once where the family batches its tasks (held-out tasks share their
     shapes too), else one after another, as `run_tasks` does.
     """
     step_counts = sorted(set(step_counts))
     tasks = [family.sample_eval_task(s) for s in seeds]
-    loss, gradient = chunk_loss(family, model), chunk_gradient(family, model)
+    loss, gradient = batched_loss(family, model), batched_gradient(family, model)
     if family.batching == "loop":
         per_task = [
-            query_losses(loss, gradient, phi, t.support, t.query, step_counts, lr, optimizer)
+            query_losses(loss, gradient, phi, t.support, t.query, config, step_counts)
             for t in tasks
         ]
         losses = {k: torch.stack([p[k] for p in per_task]) for k in step_counts}
@@ -84,9 +81,8 @@ def evaluate(
             stacked_copies(phi, len(tasks)),
             stack([t.support for t in tasks]),
             stack([t.query for t in tasks]),
+            config,
             step_counts,
-            lr,
-            optimizer,
         )
     return {k: v.mean().item() for k, v in losses.items()}
 
@@ -107,26 +103,16 @@ def adapt_and_predict(
     phi: Params,
     support: Task,
     query_inputs: Tensor,
+    config: InnerConfig,
     *,
-    steps: int,
-    lr: float,
-    optimizer: InnerOptimizer,
     transductive: bool = True,
 ) -> Adaptation:
-    """Adapt φ with `steps` full-batch steps on `support`, then predict `query_inputs`.
+    """Adapt φ to `support` as `config` says, then predict `query_inputs`.
 
     Takes the loss rather than the task family, so a registered model adapts without the
     family's data set. `transductive` only matters for models with batch norm (see `classify`).
     """
-    weights = adapt(
-        model,
-        phi,
-        support,
-        loss_fn=loss_fn,
-        batches=full_batches(len(support.inputs), steps),
-        lr=lr,
-        optimizer=optimizer,
-    )
+    weights = adapt(model, phi, support, config, loss_fn=loss_fn)
     with torch.no_grad():
         return Adaptation(
             weights=weights,
@@ -159,23 +145,14 @@ def classify(
         )
 
 
-@dataclass(frozen=True)
-class HeldOutConfig:
-    """How a held-out classification task is scored: `steps` full-batch steps of `optimizer`
-    on its support set, then the accuracy on its queries (`classify` says `transductive`)."""
-
-    steps: int
-    lr: float
-    optimizer: InnerOptimizer
-    transductive: bool = True
-
-
 def held_out_accuracies(
     family: TaskFamily,
     model: nn.Module,
     phi: Params,
     seeds: list[int],
-    config: HeldOutConfig,
+    config: InnerConfig,
+    *,
+    transductive: bool = True,
     device: torch.device | str = "cpu",
 ) -> list[float]:
     """`adapted_accuracy` of each held-out task of `seeds`, in order, on `device` (where
@@ -187,10 +164,8 @@ def held_out_accuracies(
             model,
             phi,
             family.sample_eval_task(seed).to(device),
-            steps=config.steps,
-            lr=config.lr,
-            optimizer=config.optimizer,
-            transductive=config.transductive,
+            config,
+            transductive=transductive,
         )
         for seed in seeds
     ]
@@ -201,21 +176,11 @@ def adapted_accuracy(
     model: nn.Module,
     phi: Params,
     task: EvalTask,
+    config: InnerConfig,
     *,
-    steps: int,
-    lr: float,
-    optimizer: InnerOptimizer,
     transductive: bool = True,
 ) -> float:
-    """Query accuracy after `steps` full-batch steps on the support set."""
-    weights = adapt(
-        model,
-        phi,
-        task.support,
-        loss_fn=family.loss,
-        batches=full_batches(len(task.support.inputs), steps),
-        lr=lr,
-        optimizer=optimizer,
-    )
+    """Query accuracy after adapting to the support set as `config` says."""
+    weights = adapt(model, phi, task.support, config, loss_fn=family.loss)
     logits = classify(model, weights, task.support.inputs, task.query.inputs, transductive)
     return accuracy(logits, task.query.targets).item()

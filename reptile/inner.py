@@ -1,41 +1,38 @@
 """The inner loop: k steps of SGD or Adam from the meta-weights φ, for one task or many at once.
 
-Written functionally over a `Params` dict (`torch.func.functional_call`), so φ is never mutated.
-`adapt` runs one task (evaluation, adaptation); `adapt_tasks` runs a whole chunk of tasks at
-once: the tasks of a family share their shapes, so their points, mini-batches and weights stack
-along a leading task dimension, and each inner step is one batched forward and backward pass.
-Both run the same loop (`descend`): per step, one gradient (autograd on the summed loss: tasks
-are independent, so each gets its own gradient; or the family's, written out) and one update
-rule (`inner_update`). Optimiser state (Adam's moments) starts from zero for every task and
-never carries over.
+One `InnerConfig` says how a task is learnt, wherever φ adapts: a training task of a round
+(`run_tasks`, on the workers), a held-out task (`reptile.evaluate`), a user's task (an
+adaptation, a registered model's prediction). `adapt` runs one task; `adapt_tasks` runs a whole
+chunk of tasks at once: the tasks of a family share their shapes, so their points, mini-batches
+and weights stack along a leading task dimension, and each inner step is one batched forward and
+backward pass. Both run the same loop (`descend`): per step, one gradient (`reptile.gradients`)
+and one update rule (`inner_update`, reading the config's lr and optimiser). Optimiser state
+(Adam's moments) starts from zero for every task and never carries over.
 
 `run_tasks`, what a worker runs, batches a chunk's tasks as its family says (`batching`):
 - "stacked": the model's layers take weights stacked over tasks themselves (the sine MLP: one
-  `baddbmm` per layer; per-op overhead dominates such a tiny model, and `vmap`'s added ~1.5×),
-  and the family writes out the gradient (`TaskFamily.stacked_gradient`: autograd's bookkeeping
-  cost a third of each step);
+  `baddbmm` per layer, cheaper than `vmap` on such a tiny model, where per-op overhead
+  dominates), and the family writes out the gradient (`TaskFamily.stacked_gradient`, without
+  autograd's bookkeeping);
 - "vmap": `torch.func.vmap` of the one-task loss over the tasks, for any model;
 - "loop": `descend` task after task (Conv4: `vmap`'s batching rules for convolution, batch norm
-  and max-pooling copy the stacked activations and ran 2× slower than a loop over tasks on CPU).
+  and max-pooling copy the stacked activations, slower than a loop over tasks on CPU).
 bench/throughput.py measures each family's modes side by side.
 """
 
 import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from functools import partial
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, grad_and_value, vmap
 
+from reptile.gradients import LossFn, batch_loss, batched_gradient, batched_loss, loss_gradient
 from reptile.params import Params
-from reptile.tasks.base import Batching, Gradient, Task, TaskFamily
+from reptile.tasks.base import Gradient, Task, TaskFamily
 
 InnerOptimizer = Literal["sgd", "adam"]
-LossFn = Callable[[Tensor, Tensor], Tensor]
-BatchLoss = Callable[[Params, Tensor, Tensor], Tensor]  # (params, inputs, targets) -> loss(es)
 
 # The paper's inner Adam uses β1 = 0 (momentum would only smear the few steps of a task), so its
 # first moment is the gradient itself and only the second moment is state.
@@ -45,13 +42,19 @@ ADAM_EPS = 1e-8
 
 @dataclass(frozen=True)
 class InnerConfig:
-    """How one task is learnt: `steps` mini-batch steps of `optimizer` with learning rate `lr`."""
+    """How φ adapts to one task: `steps` steps of `optimizer` with learning rate `lr`, each on a
+    mini-batch of `batch_size` of the task's points, or on all of them (None: a few shots).
+
+    The same type for training tasks, held-out evaluation and adaptations. What does not change
+    how a task is learnt stays out: whether a worker compiles its step (`batched_step`: the same
+    weights, allclose), and how an adapted classifier treats batch norm (`transductive`, of
+    `reptile.evaluate.classify`).
+    """
 
     steps: int
-    batch_size: int
     lr: float
     optimizer: InnerOptimizer = "sgd"
-    compile: bool = False  # torch.compile the step: the same weights (allclose), faster rounds
+    batch_size: int | None = None
 
 
 def minibatch_indices(num_points: int, steps: int, batch_size: int, seed: int) -> Tensor:
@@ -71,55 +74,12 @@ def full_batches(num_points: int, steps: int) -> Tensor:
     return torch.arange(num_points).expand(steps, num_points)
 
 
-def batch_loss(model: nn.Module, loss_fn: LossFn) -> BatchLoss:
-    """The loss as a pure function of (params, inputs, targets), ready for `vmap`."""
-
-    def loss(params: Params, inputs: Tensor, targets: Tensor) -> Tensor:
-        return loss_fn(functional_call(model, params, (inputs,)), targets)
-
-    return loss
-
-
-def task_loss(model: nn.Module, params: Params, loss_fn: LossFn, task: Task) -> Tensor:
-    """The loss of `params` on all of the task's points."""
-    return batch_loss(model, loss_fn)(params, task.inputs, task.targets)
-
-
-def autograd_gradient(
-    loss: BatchLoss, weights: Params, inputs: Tensor, targets: Tensor
-) -> tuple[Params, Tensor]:
-    """The gradient of the summed loss with respect to `weights` (left untouched), and the loss.
-
-    For a per-task loss over weights stacked per task, each task's loss depends on its own
-    weights only: the result is every task's own gradient, stacked, and the (tasks,) losses.
-    Plain autograd, which also works under an outer `no_grad`: on the sine MLP's small tensors
-    `torch.func.grad`'s wrapping of every op cost 1.3–1.5× the whole step (`traced_gradient`
-    is for `torch.compile`, which breaks its graph at `autograd.grad`).
-    """
-    with torch.enable_grad():
-        leaves = {name: w.detach().requires_grad_() for name, w in weights.items()}
-        losses = loss(leaves, inputs, targets)
-        grads = torch.autograd.grad(losses.sum(), list(leaves.values()))
-    return dict(zip(leaves, grads, strict=True)), losses.detach()
-
-
-def traced_gradient(
-    loss: BatchLoss, weights: Params, inputs: Tensor, targets: Tensor
-) -> tuple[Params, Tensor]:
-    """`autograd_gradient` through `torch.func.grad_and_value`, which `torch.compile` traces
-    whole."""
-
-    def summed(w: Params) -> tuple[Tensor, Tensor]:
-        losses = loss(w, inputs, targets)
-        return losses.sum(), losses.detach()
-
-    grads, (_, losses) = grad_and_value(summed, has_aux=True)(weights)
-    return grads, losses
-
-
-def loss_gradient(loss: BatchLoss, *, traced: bool = False) -> Gradient:
-    """The `Gradient` of `loss` by autograd; `traced`, one that `torch.compile` traces whole."""
-    return partial(traced_gradient if traced else autograd_gradient, loss)
+def step_batches(config: InnerConfig, num_points: int, seed: int) -> Tensor:
+    """The (steps, batch) indices of each step's points for a task of `num_points`: the
+    mini-batches of `seed`, or every point when `config.batch_size` is None."""
+    if config.batch_size is None:
+        return full_batches(num_points, config.steps)
+    return minibatch_indices(num_points, config.steps, config.batch_size, seed)
 
 
 def adam_correction(step: int) -> float:
@@ -128,21 +88,16 @@ def adam_correction(step: int) -> float:
 
 
 def inner_update(
-    weights: Params,
-    grads: Params,
-    second_moment: Params,
-    correction: float,
-    *,
-    lr: float,
-    optimizer: InnerOptimizer,
+    weights: Params, grads: Params, second_moment: Params, correction: float, config: InnerConfig
 ) -> tuple[Params, Params]:
-    """One SGD or Adam step (`correction`: `adam_correction` of the step's number); returns the
-    new weights and second moment.
+    """One step of `config.optimizer` with `config.lr` (`correction`: `adam_correction` of the
+    step's number); returns the new weights and second moment.
 
     The same arithmetic as `torch.optim.SGD` / `torch.optim.Adam(betas=(0, ADAM_BETA2))`,
     elementwise, so it serves one task's weights and weights stacked over tasks alike.
     """
-    if optimizer == "sgd":
+    lr = config.lr
+    if config.optimizer == "sgd":
         return {n: torch.add(w, grads[n], alpha=-lr) for n, w in weights.items()}, second_moment
     second_moment = {
         n: torch.addcmul(v * ADAM_BETA2, grads[n], grads[n], value=1 - ADAM_BETA2)
@@ -159,17 +114,16 @@ def inner_update(
 InnerStep = Callable[[Params, Params, Tensor, Tensor, float], tuple[Params, Params, Tensor]]
 
 
-def make_step(gradient: Gradient, *, lr: float, optimizer: InnerOptimizer) -> InnerStep:
-    """One inner step as a pure function of tensors: what `descend` repeats, and what a worker
-    hands to `torch.compile` (`chunk_step`), which fuses its forward, backward and update."""
+def make_step(gradient: Gradient, config: InnerConfig) -> InnerStep:
+    """One inner step of `config` as a pure function of tensors: what `descend` repeats, and
+    what a worker hands to `torch.compile` (`batched_step`), which fuses its forward, backward
+    and update."""
 
     def step(
         weights: Params, second_moment: Params, inputs: Tensor, targets: Tensor, correction: float
     ) -> tuple[Params, Params, Tensor]:
         grads, losses = gradient(weights, inputs, targets)
-        weights, second_moment = inner_update(
-            weights, grads, second_moment, correction, lr=lr, optimizer=optimizer
-        )
+        weights, second_moment = inner_update(weights, grads, second_moment, correction, config)
         return weights, second_moment, losses
 
     return step
@@ -207,36 +161,25 @@ def adapt(
     model: nn.Module,
     params: Params,
     task: Task,
+    config: InnerConfig,
     *,
     loss_fn: LossFn,
-    batches: Tensor,
-    lr: float,
-    optimizer: InnerOptimizer,
+    seed: int = 0,
 ) -> Params:
-    """Run one inner step per row of `batches` (indices into the task) and return the new weights.
+    """Adapt `params` to one task as `config` says and return the new weights (`seed` orders
+    the mini-batches; with full batches it does not matter).
 
     `model` only supplies the architecture; `params` are not modified.
     """
     weights, _ = descend(
-        make_step(loss_gradient(batch_loss(model, loss_fn)), lr=lr, optimizer=optimizer),
+        make_step(loss_gradient(batch_loss(model, loss_fn)), config),
         {name: t.detach() for name, t in params.items()},
-        ((task.inputs[indices], task.targets[indices]) for indices in batches),
+        (
+            (task.inputs[indices], task.targets[indices])
+            for indices in step_batches(config, len(task.inputs), seed)
+        ),
     )
     return weights
-
-
-def tasks_loss(model: nn.Module, loss_fn: LossFn, batching: Batching) -> BatchLoss:
-    """The (tasks,) losses of weights stacked over tasks, on inputs and targets stacked alike.
-
-    "stacked": the model takes stacked weights itself (`reptile.models.StackableLinear`) and the
-    family's loss reduces each task's points alone, so no `vmap` at all; "vmap": the whole
-    forward pass and loss are `vmap`ped over the tasks.
-    """
-    if batching == "stacked":
-        return batch_loss(model, loss_fn)
-    if batching == "vmap":
-        return vmap(batch_loss(model, loss_fn))
-    raise ValueError(f"{batching!r} runs task by task: there is no loss over stacked tasks")
 
 
 def gather(stacked: Tensor, indices: Tensor) -> Tensor:
@@ -267,33 +210,18 @@ def adapt_tasks(
     )
 
 
-def chunk_loss(family: TaskFamily, model: nn.Module) -> BatchLoss:
-    """The loss `run_tasks` trains and scores with: one task's, or per task over stacked tasks."""
-    if family.batching == "loop":
-        return batch_loss(model, family.loss)
-    return tasks_loss(model, family.loss, family.batching)
+def batched_step(
+    family: TaskFamily, model: nn.Module, config: InnerConfig, *, compile: bool = False
+) -> InnerStep:
+    """The inner step of `config` over the family's tasks as it batches them (`run_tasks`),
+    compiled by `torch.compile` when `compile` asks for it.
 
-
-def chunk_gradient(family: TaskFamily, model: nn.Module, *, traced: bool = False) -> Gradient:
-    """The gradient `run_tasks` steps with: the family's own over stacked tasks ("stacked"),
-    else autograd's of `chunk_loss` (`traced`: one that `torch.compile` traces whole)."""
-    if family.batching == "stacked":
-        return family.stacked_gradient
-    return loss_gradient(chunk_loss(family, model), traced=traced)
-
-
-def chunk_step(family: TaskFamily, model: nn.Module, inner: InnerConfig) -> InnerStep:
-    """The inner step of `run_tasks`, compiled when `inner.compile` asks for it.
-
-    A compiled step compiles on its first call (seconds: the price of fusing the step's small
-    ops into a few kernels) and is reused for every later chunk, of any number of tasks
-    (`dynamic=True`; torch specialises size 1, so a one-task chunk compiles once more), so
-    build it once per worker and pass it to `run_tasks`.
+    A compiled step compiles on its first call and is reused for every later chunk, of any
+    number of tasks (`dynamic=True`; torch specialises size 1, so a one-task chunk compiles once
+    more), so build it once per worker and pass it to `run_tasks`.
     """
-    step = make_step(
-        chunk_gradient(family, model, traced=inner.compile), lr=inner.lr, optimizer=inner.optimizer
-    )
-    return torch.compile(step, dynamic=True) if inner.compile else step
+    step = make_step(batched_gradient(family, model, traced=compile), config)
+    return torch.compile(step, dynamic=True) if compile else step
 
 
 @dataclass(frozen=True)
@@ -301,7 +229,7 @@ class ChunkResult:
     """What a worker returns for a chunk of tasks: Σ(W_i − φ), the count, per-task losses.
 
     The losses are on each task's first inner mini-batch: φ's comes free with the first inner
-    step, and W_i's costs one forward pass (scoring all of a task's points cost up to 3 steps).
+    step, and W_i's costs one forward pass (less than scoring all of a task's points).
     """
 
     delta_sum: Params
@@ -315,7 +243,7 @@ def run_tasks(
     model: nn.Module,
     phi: Params,
     seeds: list[int],
-    inner: InnerConfig,
+    config: InnerConfig,
     device: torch.device | str = "cpu",
     step: InnerStep | None = None,
 ) -> ChunkResult:
@@ -325,22 +253,23 @@ def run_tasks(
     come back in seed order and the same chunk always sums its deltas the same way; tasks and φ
     then move to `device`, where everything else runs. `family.batching` says how: all tasks in
     one batched inner loop (`adapt_tasks`, "stacked" or "vmap"), or task after task ("loop").
-    `model` must already be on `device`; `step` defaults to a new `chunk_step`.
+    `model` must already be on `device`; `step` (a `batched_step` of the same `config`, e.g.
+    compiled) defaults to a new eager one.
     """
-    if inner.steps < 1:
-        raise ValueError(f"an inner loop needs at least one step, got {inner.steps}")
+    if config.steps < 1:
+        raise ValueError(f"an inner loop needs at least one step, got {config.steps}")
     tasks = family.sample_tasks(seeds)
     inputs = tasks.inputs.to(device)  # (tasks, n, *input_shape)
     targets = tasks.targets.to(device)  # (tasks, n, *target_shape)
     points = inputs.shape[1]
-    batches = torch.stack(
-        [minibatch_indices(points, inner.steps, inner.batch_size, seed) for seed in seeds]
-    ).to(device)  # (tasks, steps, batch)
+    batches = torch.stack([step_batches(config, points, seed) for seed in seeds]).to(
+        device
+    )  # (tasks, steps, batch)
     first = batches[:, 0]  # (tasks, batch): where φ and W_i are scored
     # in the model's order: a compiled step is specialised to the order of its dict's keys
     phi = {name: phi[name].to(device) for name, _ in model.named_parameters()}
-    loss = chunk_loss(family, model)
-    step = step or chunk_step(family, model, inner)
+    loss = batched_loss(family, model)
+    step = step or batched_step(family, model, config)
     with torch.no_grad():
         if family.batching == "loop":
             adapted = [

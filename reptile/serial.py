@@ -6,7 +6,7 @@ Ray and no vectorisation. The distributed service must reach the same φ for the
 
 import torch
 
-from reptile.inner import minibatch_indices
+from reptile.inner import step_batches
 from reptile.meta import MetaConfig, MetaOptimizer, epsilon
 from reptile.params import Params, init_params, params_of, subtract
 from reptile.tasks import TaskFamily, task_seeds
@@ -28,9 +28,7 @@ def train_serial(family: TaskFamily, config: MetaConfig, seed: int) -> Params:
                 optimizer = torch.optim.SGD(model.parameters(), lr=inner.lr)
             else:
                 optimizer = torch.optim.Adam(model.parameters(), lr=inner.lr, betas=(0.0, 0.999))
-            for batch in minibatch_indices(
-                len(task.inputs), inner.steps, inner.batch_size, task_seed
-            ):
+            for batch in step_batches(inner, len(task.inputs), task_seed):
                 optimizer.zero_grad()
                 family.loss(model(task.inputs[batch]), task.targets[batch]).backward()
                 optimizer.step()

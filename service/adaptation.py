@@ -1,21 +1,25 @@
 """Adapting φ to a task a user sends: sine points, or labelled images.
 
 φ comes from a job (its latest weights) or from a registered model (`service.registry`); both
-describe it as a `Source`, so the API and the MLflow pyfunc adapt through the same code. The
-images of an upload go through the same decoding as the job's data set (size, channels,
-Omniglot's inversion), so the adapted model sees what it was meta-trained on.
+describe it as a `Source`, and the task as a validated body (`service.adaptation_schemas`), so
+the API and the MLflow pyfunc adapt through the same code, as the job's `eval_config` says
+(with the body's `steps` and `lr` where it gives them: `adaptation_config`). The images of an
+upload go through the same decoding as the job's data set (size, channels, Omniglot's
+inversion), so the adapted model sees what it was meta-trained on.
 """
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
 from reptile.evaluate import Adaptation, adapt_and_predict
+from reptile.inner import InnerConfig
 from reptile.params import Params, is_finite
 from reptile.tasks import Task, make_family
 from reptile.tasks.fewshot import fewshot_loss, fewshot_model
+from service.adaptation_schemas import AdaptationCreate, ImageAdaptationCreate, SineAdaptationCreate
 from service.datasets import DatasetError, decode_image
 from service.records import ClassPrediction
 from service.specs import AnyJobSpec, ImageJobSpec, SineJobSpec
@@ -46,24 +50,6 @@ class Source:
 
 
 @dataclass(frozen=True)
-class Points:
-    """A sine task: labelled support points and the inputs to predict."""
-
-    x: list[float]
-    y: list[float]
-    query_x: list[float]
-
-
-@dataclass(frozen=True)
-class Images:
-    """A classification task: labelled support images (PNG/JPEG bytes) and query images."""
-
-    support: list[bytes]
-    labels: list[str]
-    query: list[bytes]
-
-
-@dataclass(frozen=True)
 class Outcome:
     weights: Params
     steps: int
@@ -80,64 +66,61 @@ def image_shape(spec: AnyJobSpec, dataset: str | None) -> ImageShape | None:
     return ImageShape(family.image_size, family.channels)  # type: ignore[attr-defined]
 
 
-def adapt(
-    source: Source, inputs: Points | Images, *, steps: int | None, lr: float | None
-) -> Outcome:
-    """Adapt the source's φ to `inputs`; `steps` and `lr` default to the job's eval_steps and
-    inner_lr."""
+def adaptation_config(spec: AnyJobSpec, body: AdaptationCreate) -> InnerConfig:
+    """How an adaptation learns: the job's `eval_config`, with the body's `steps` and `lr`
+    where it gives them."""
+    config = spec.eval_config()
+    return replace(
+        config,
+        steps=config.steps if body.steps is None else body.steps,
+        lr=config.lr if body.lr is None else body.lr,
+    )
+
+
+def adapt(source: Source, body: AdaptationCreate) -> Outcome:
+    """Adapt the source's φ to the body's task, as `adaptation_config` says."""
     spec = source.spec
-    steps = steps if steps is not None else spec.eval_steps
-    lr = lr if lr is not None else spec.inner_lr
-    if isinstance(inputs, Points):
+    config = adaptation_config(spec, body)
+    if isinstance(body, SineAdaptationCreate):
         if not isinstance(spec, SineJobSpec):
             raise AdaptationError(f"φ is from a {spec.task} job: send labelled images")
-        return _adapt_points(spec, source.phi, inputs, steps, lr)
+        return _adapt_points(spec, source.phi, body, config)
     if isinstance(spec, SineJobSpec) or source.image_shape is None:
         raise AdaptationError("φ is from a sine job: send support x/y points")
-    return _adapt_images(spec, source.image_shape, source.phi, inputs, steps, lr)
+    return _adapt_images(spec, source.image_shape, source.phi, body, config)
 
 
-def _adapt_points(spec: SineJobSpec, phi: Params, points: Points, steps: int, lr: float) -> Outcome:
-    """Regression: `steps` full-batch steps on the (x, y) points, then predict `query_x`."""
-    if len(points.x) != len(points.y):
-        raise AdaptationError(f"support has {len(points.x)} x values but {len(points.y)} y values")
-    if not points.x:
-        raise AdaptationError("the support set is empty")
+def _adapt_points(
+    spec: SineJobSpec, phi: Params, body: SineAdaptationCreate, config: InnerConfig
+) -> Outcome:
+    """Regression: adapt on the (x, y) points, then predict the query x."""
     family = make_family(spec.task, **spec.task_options())
     support = Task(
-        inputs=torch.tensor(points.x, dtype=torch.float32).unsqueeze(1),  # (n, 1)
-        targets=torch.tensor(points.y, dtype=torch.float32).unsqueeze(1),
+        inputs=torch.tensor(body.support.x, dtype=torch.float32).unsqueeze(1),  # (n, 1)
+        targets=torch.tensor(body.support.y, dtype=torch.float32).unsqueeze(1),
     )
-    queries = torch.tensor(points.query_x, dtype=torch.float32).unsqueeze(1)  # (q, 1)
-    result = adapt_and_predict(
-        family.loss,
-        family.make_model(),
-        phi,
-        support,
-        queries,
-        steps=steps,
-        lr=lr,
-        optimizer=spec.inner_optimizer,
-    )
-    _check_finite(result, lr)
+    queries = torch.tensor(body.query.x, dtype=torch.float32).unsqueeze(1)  # (q, 1)
+    result = adapt_and_predict(family.loss, family.make_model(), phi, support, queries, config)
+    _check_finite(result, config)
     return Outcome(
         weights=result.weights,
-        steps=steps,
-        lr=lr,
+        steps=config.steps,
+        lr=config.lr,
         support_loss={"before": result.loss_before, "after": result.loss_after},
         predictions=result.predictions.squeeze(1).tolist(),
     )
 
 
 def _adapt_images(
-    spec: ImageJobSpec, shape: ImageShape, phi: Params, images: Images, steps: int, lr: float
+    spec: ImageJobSpec,
+    shape: ImageShape,
+    phi: Params,
+    body: ImageAdaptationCreate,
+    config: InnerConfig,
 ) -> Outcome:
     """Classification: the N distinct labels of the support set are the classes (N = ways)."""
-    if len(images.labels) != len(images.support):
-        raise AdaptationError(
-            f"{len(images.support)} support images but {len(images.labels)} labels"
-        )
-    classes = list(dict.fromkeys(images.labels))  # in order of first appearance
+    labels = body.support.labels
+    classes = list(dict.fromkeys(labels))  # in order of first appearance
     if len(classes) != spec.ways:
         raise AdaptationError(
             f"the job meta-trained {spec.ways}-way tasks; the support set has "
@@ -145,21 +128,19 @@ def _adapt_images(
         )
     invert = spec.task == "omniglot"
     support_task = Task(
-        inputs=_decode_all(images.support, "support", shape, invert),
-        targets=torch.tensor([classes.index(label) for label in images.labels]),
+        inputs=_decode_all(body.support.images, "support", shape, invert),
+        targets=torch.tensor([classes.index(label) for label in labels]),
     )
     result = adapt_and_predict(
         fewshot_loss,
         fewshot_model(spec.ways, shape.channels, shape.size),
         phi,
         support_task,
-        _decode_all(images.query, "query", shape, invert),
-        steps=steps,
-        lr=lr,
-        optimizer=spec.inner_optimizer,
+        _decode_all(body.query.images, "query", shape, invert),
+        config,
         transductive=spec.transductive,
     )
-    _check_finite(result, lr)
+    _check_finite(result, config)
     probabilities = result.predictions.softmax(-1)  # (queries, ways)
     predictions = [
         ClassPrediction(
@@ -170,14 +151,14 @@ def _adapt_images(
     ]
     return Outcome(
         weights=result.weights,
-        steps=steps,
-        lr=lr,
+        steps=config.steps,
+        lr=config.lr,
         support_loss={"before": result.loss_before, "after": result.loss_after},
         predictions=predictions,
     )
 
 
-def _check_finite(result: Adaptation, lr: float) -> None:
+def _check_finite(result: Adaptation, config: InnerConfig) -> None:
     """Raise AdaptationError if adapting diverged: non-finite numbers are no answer to send."""
     if not (
         math.isfinite(result.loss_after)
@@ -185,7 +166,7 @@ def _check_finite(result: Adaptation, lr: float) -> None:
         and bool(torch.isfinite(result.predictions).all())
     ):
         raise AdaptationError(
-            f"the adaptation diverged (support loss {result.loss_after}) at lr={lr}: "
+            f"the adaptation diverged (support loss {result.loss_after}) at lr={config.lr}: "
             "try a smaller lr or fewer steps"
         )
 

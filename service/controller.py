@@ -18,7 +18,8 @@ from prometheus_client import CollectorRegistry
 
 from reptile.params import Params
 from service import adaptation
-from service.adaptation import AdaptationError, Images, Points, Source, image_shape
+from service.adaptation import AdaptationError, Source, adaptation_config, image_shape
+from service.adaptation_schemas import AdaptationCreate
 from service.datasets import DatasetError
 from service.metrics import ServiceMetrics
 from service.records import AdaptationRecord, JobRecord, JobState, MlflowInfo, now
@@ -232,17 +233,15 @@ class Controller:
         except (MlflowException, OSError) as error:
             raise Unavailable(f"the model registry cannot serve {uri}: {error}") from error
 
-    def adapt(
-        self, source: Source, inputs: Points | Images, *, steps: int | None, lr: float | None
-    ) -> AdaptationRecord:
+    def adapt(self, source: Source, body: AdaptationCreate) -> AdaptationRecord:
         """Adapt the source's φ to a new task, predict its queries, and keep the result."""
-        examples = len(inputs.x) if isinstance(inputs, Points) else len(inputs.support)
+        steps = adaptation_config(source.spec, body).steps
         try:
             with (
-                self._adaptation_slot(source.spec, steps, examples),
+                self._adaptation_slot(source.spec, steps, body.examples),
                 self.metrics.adaptation_seconds.labels(source.spec.task).time(),
             ):
-                outcome = adaptation.adapt(source, inputs, steps=steps, lr=lr)
+                outcome = adaptation.adapt(source, body)
         except AdaptationError as error:
             raise Invalid(str(error)) from error
         record = AdaptationRecord(
@@ -262,12 +261,9 @@ class Controller:
         return record
 
     @contextmanager
-    def _adaptation_slot(
-        self, spec: AnyJobSpec, steps: int | None, examples: int
-    ) -> Iterator[None]:
+    def _adaptation_slot(self, spec: AnyJobSpec, steps: int, examples: int) -> Iterator[None]:
         """Hold one of the `max_concurrent_adaptations` slots (each keeps a CPU busy) for an
         adaptation that costs no more than one round may (the family's `max_work`)."""
-        steps = steps if steps is not None else spec.eval_steps
         if steps * examples > spec.max_work:
             raise Invalid(
                 f"{steps} steps on {examples} support examples = {steps * examples:,} "

@@ -7,11 +7,12 @@ confidence interval over tasks), and a grid of query images with their predicted
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Protocol
 
-from reptile.evaluate import HeldOutConfig, evaluate
+from reptile.evaluate import evaluate
+from reptile.inner import InnerConfig
 from reptile.params import Params
 from reptile.tasks import eval_task_seeds, make_family
 from reptile.tasks.sine import SineFamily
@@ -39,26 +40,16 @@ class SineEvaluation:
         self.seeds = eval_task_seeds(self.spec.eval_tasks)
 
     def __call__(self, phi: Params, done: int) -> tuple[dict[str, float], dict[str, Drawing]]:
-        spec = self.spec
-        losses = evaluate(
-            self.family,
-            self.model,
-            phi,
-            self.seeds,
-            spec.eval_step_counts(),
-            spec.inner_lr,
-            spec.inner_optimizer,
-        )
+        spec, config = self.spec, self.spec.eval_config()
+        losses = evaluate(self.family, self.model, phi, self.seeds, config, spec.eval_step_counts())
         metrics = {"eval_mse_before": losses[0]}
         metrics |= {f"eval_mse_after_{k}": v for k, v in losses.items() if k > 0}
-        figure = partial(
+        figure = partial(  # the fit after the k steps of a training task, on the support set
             sine_fit_png,
             self.family,
             phi,
+            replace(config, steps=spec.inner_steps),
             seed=self.seeds[0],
-            steps=spec.inner_steps,
-            lr=spec.inner_lr,
-            optimizer=spec.inner_optimizer,
             title=f"round {done}",
         )
         return metrics, {"plots/sine_fit.png": figure}
@@ -73,15 +64,16 @@ def mean_and_ci95(values: list[float]) -> tuple[float, float]:
     return mean, 1.96 * math.sqrt(variance / len(values))
 
 
-# (φ, seeds of held-out tasks, K shots, how to score) -> accuracy of each task, in seed order
-HeldOutScorer = Callable[[Params, list[int], int, HeldOutConfig], list[float]]
+# (φ, seeds of held-out tasks, K shots, how to adapt, transductive) -> accuracy of each task,
+# in seed order
+HeldOutScorer = Callable[[Params, list[int], int, InnerConfig, bool], list[float]]
 
 
 @dataclass
 class FewShotEvaluation:
     """Held-out accuracies, computed by `score`: the job's worker pool, which splits the tasks
-    over its actors (a Conv4 evaluation adapts each task 50 steps: ~35 s of the controller's
-    two cores for the defaults, while the actors would wait)."""
+    over its actors (a Conv4 evaluation adapts each task `eval_steps` times: costly for the
+    controller's cores, while the actors would wait)."""
 
     spec: ImageJobSpec
     dataset: str
@@ -98,17 +90,11 @@ class FewShotEvaluation:
         self.seeds = eval_task_seeds(self.spec.eval_tasks)
 
     def __call__(self, phi: Params, done: int) -> tuple[dict[str, float], dict[str, Drawing]]:
-        spec = self.spec
-        config = HeldOutConfig(
-            steps=spec.eval_steps,
-            lr=spec.inner_lr,
-            optimizer=spec.inner_optimizer,
-            transductive=spec.transductive,
-        )
+        spec, config = self.spec, self.spec.eval_config()
         metrics = {}
         for k in spec.eval_shots:
             name = f"eval_acc_{spec.ways}w{k}s"
-            accuracies = self.score(phi, self.seeds, k, config)
+            accuracies = self.score(phi, self.seeds, k, config, spec.transductive)
             metrics[name], metrics[f"{name}_ci95"] = mean_and_ci95(accuracies)
         return metrics, {"plots/predictions.png": partial(self._prediction_grid, phi, done)}
 
@@ -121,16 +107,14 @@ class FewShotEvaluation:
             self.shown.make_model(),
             phi,
             self.shown.sample_eval_task(self.seeds[0]),
-            steps=spec.eval_steps,
-            lr=spec.inner_lr,
-            optimizer=spec.inner_optimizer,
+            spec.eval_config(),
             title=f"round {done}: held-out {spec.ways}-way {spec.eval_shots[0]}-shot",
         )
 
 
 def evaluation_for(spec: AnyJobSpec, dataset: str | None, score: HeldOutScorer) -> Evaluation:
-    """Sine jobs are evaluated in this process (one stacked adaptation, ~20 ms); image jobs
-    by `score`."""
+    """Sine jobs are evaluated in this process (one stacked adaptation); image jobs by
+    `score`."""
     if isinstance(spec, SineJobSpec):
         return SineEvaluation(spec)
     assert dataset is not None, "image jobs are evaluated on their prepared data set"

@@ -14,7 +14,7 @@ from torch import nn
 from torch.func import functional_call
 
 from reptile.evaluate import adapt_and_predict
-from reptile.inner import InnerOptimizer
+from reptile.inner import InnerConfig
 from reptile.params import Params
 from reptile.tasks import EvalTask, TaskFamily
 from reptile.tasks.sine import SineFamily
@@ -44,27 +44,18 @@ def _png_with_legend(figure: Figure, axes: Axes) -> bytes:
 
 
 def sine_fit_png(
-    family: SineFamily,
-    phi: Params,
-    *,
-    seed: int,
-    steps: int,
-    lr: float,
-    optimizer: InnerOptimizer,
-    title: str,
+    family: SineFamily, phi: Params, config: InnerConfig, *, seed: int, title: str
 ) -> bytes:
-    """True curve, φ's prediction, the prediction after `steps` adaptation steps, the shots."""
+    """True curve, φ's prediction, the prediction after adapting as `config` says, the shots."""
     model = family.make_model()
     task = family.sample_eval_task(seed)
     x = task.query.inputs  # (50, 1)
     before = functional_call(model, phi, (x,)).detach()
-    after = adapt_and_predict(
-        family.loss, model, phi, task.support, x, steps=steps, lr=lr, optimizer=optimizer
-    ).predictions
+    after = adapt_and_predict(family.loss, model, phi, task.support, x, config).predictions
     figure, axes = _line_figure()
     axes.plot(x, task.query.targets, "k-", label="true")
     axes.plot(x, before, "b--", label="before adaptation (φ)")
-    axes.plot(x, after, "r-", label=f"after {steps} steps")
+    axes.plot(x, after, "r-", label=f"after {config.steps} steps")
     axes.plot(task.support.inputs, task.support.targets, "ko", label="support points")
     axes.set(xlabel="x", ylabel="y", title=title, ylim=(-5.5, 5.5))
     return _png_with_legend(figure, axes)
@@ -96,22 +87,14 @@ def prediction_grid_png(
     model: nn.Module,
     phi: Params,
     task: EvalTask,
+    config: InnerConfig,
     *,
-    steps: int,
-    lr: float,
-    optimizer: InnerOptimizer,
     title: str,
 ) -> bytes:
-    """The support images by class, then each query image with its predicted label."""
+    """The support images by class, then each query image with its predicted label, after
+    adapting as `config` says."""
     predicted = adapt_and_predict(
-        family.loss,
-        model,
-        phi,
-        task.support,
-        task.query.inputs,
-        steps=steps,
-        lr=lr,
-        optimizer=optimizer,
+        family.loss, model, phi, task.support, task.query.inputs, config
     ).predictions.argmax(-1)
     rows = [("support", task.support, task.support.targets), ("query", task.query, predicted)]
     columns = max(len(t.inputs) for _, t, _ in rows)

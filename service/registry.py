@@ -8,7 +8,6 @@ Its code is the installed `reptile-service` package (loaded with models-from-cod
 """
 
 import base64
-import binascii
 import functools
 import io
 import math
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
@@ -29,10 +29,11 @@ from mlflow.pyfunc import PythonModel, PythonModelContext
 from mlflow.types import ColSpec, DataType, Schema
 from mlflow.types.schema import Array
 from PIL import Image
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from reptile.params import Params
-from service.adaptation import AdaptationError, Images, ImageShape, Points, Source, adapt
+from service.adaptation import AdaptationError, ImageShape, Source, adapt
+from service.adaptation_schemas import parse_adaptation
 from service.specs import MODEL_URI_PATTERN, JobSpec, SineJobSpec, registered_model_name
 from service.tracking import Tracker
 from service.weights import read_weights, write_weights
@@ -124,12 +125,10 @@ class ReptileModel(PythonModel):
         results = []
         for row in model_input.to_dict("records"):
             try:
-                outcome = adapt(
-                    self.source,
-                    _inputs(row),
-                    steps=None if _missing(row.get("steps")) else int(row["steps"]),
-                    lr=None if _missing(row.get("lr")) else float(row["lr"]),
-                )
+                body = parse_adaptation(self.source.spec, _body(row), strict=False)
+                outcome = adapt(self.source, body)
+            except ValidationError as error:
+                raise MlflowException(_problems(error), INVALID_PARAMETER_VALUE) from error
             except AdaptationError as error:
                 raise MlflowException(str(error), INVALID_PARAMETER_VALUE) from error
             results.append(
@@ -145,34 +144,45 @@ class ReptileModel(PythonModel):
         return results
 
 
+def _body(row: dict[str, Any]) -> dict[str, Any]:
+    """One DataFrame row in the form of an adaptation body (`service.adaptation_schemas`),
+    its columns in their places: the body's checks and base64 decoding are the API's."""
+    if "support_x" in row:
+        body: dict[str, Any] = {
+            "support": {"x": _listed(row["support_x"]), "y": _listed(row["support_y"])},
+            "query": {"x": _listed(row["query_x"])},
+        }
+    else:
+        body = {
+            "support": {
+                "images": _listed(row["support_images"]),
+                "labels": _listed(row["support_labels"]),
+            }
+        }
+        if not _missing(row.get("query_images")):
+            body["query"] = {"images": _listed(row["query_images"])}
+    for option in ("steps", "lr"):
+        if not _missing(row.get(option)):
+            value = row[option]
+            body[option] = value.item() if isinstance(value, np.generic) else value
+    return body
+
+
 def _missing(value: Any) -> bool:
     """An optional column left out (absent, or NaN where other rows have it)."""
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
-def _inputs(row: dict[str, Any]) -> Points | Images:
-    """One DataFrame row as the task it describes."""
-    if "support_x" in row:
-        return Points(
-            x=[float(v) for v in row["support_x"]],
-            y=[float(v) for v in row["support_y"]],
-            query_x=[float(v) for v in row["query_x"]],
-        )
-    queries = [] if _missing(row.get("query_images")) else row["query_images"]
-    return Images(
-        support=[
-            _decoded(data, f"support_images[{i}]") for i, data in enumerate(row["support_images"])
-        ],
-        labels=[str(label) for label in row["support_labels"]],
-        query=[_decoded(data, f"query_images[{i}]") for i, data in enumerate(queries)],
+def _listed(value: Any) -> Any:
+    """A column's array (numpy, from MLflow's schema enforcement) as a plain list."""
+    return value.tolist() if isinstance(value, np.ndarray) else value
+
+
+def _problems(error: ValidationError) -> str:
+    """A row's validation errors in one line, each with where it is in the body."""
+    return "; ".join(
+        f"{'.'.join(str(part) for part in e['loc'])}: {e['msg']}" for e in error.errors()
     )
-
-
-def _decoded(image: str, where: str) -> bytes:
-    try:
-        return base64.b64decode(image, validate=True)
-    except binascii.Error as error:
-        raise AdaptationError(f"{where} is not base64: {error}") from error
 
 
 def save_model(directory: Path, source: Source) -> None:

@@ -112,16 +112,25 @@ class _JobSpecBase(BaseModel):
             raise ValueError("outer_lr_final must not exceed outer_lr (ε only anneals down)")
         return self
 
+    # The one place where the spec's fields become inner-loop configs (`reptile.inner`).
     def inner_config(self) -> "InnerConfig":
+        """How a training task of a round is learnt: `inner_steps` mini-batches of
+        `inner_batch_size`."""
         from reptile.inner import InnerConfig
 
         return InnerConfig(
             steps=self.inner_steps,
-            batch_size=self.inner_batch_size,
             lr=self.inner_lr,
             optimizer=self.inner_optimizer,
-            compile=self.compile_inner_loop,
+            batch_size=self.inner_batch_size,
         )
+
+    def eval_config(self) -> "InnerConfig":
+        """How a held-out task, or a user's task (an adaptation), is learnt: `eval_steps`
+        full-batch steps on its few shots, with the training tasks' lr and optimiser."""
+        from reptile.inner import InnerConfig
+
+        return InnerConfig(steps=self.eval_steps, lr=self.inner_lr, optimizer=self.inner_optimizer)
 
     def meta_config(self) -> "MetaConfig":
         from reptile.meta import MetaConfig

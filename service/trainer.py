@@ -15,7 +15,6 @@ from typing import Protocol
 
 import numpy as np
 
-from reptile.evaluate import HeldOutConfig
 from reptile.inner import InnerConfig
 from reptile.meta import MetaOptimizer, epsilon
 from reptile.params import Params, init_params, is_finite, scale
@@ -33,10 +32,12 @@ class RoundRunner(Protocol):
     """Runs the inner loops of one round, and scores an image job's held-out tasks (the Ray
     `WorkerPool`, or a stand-in in tests)."""
 
-    def run_round(self, phi: Params, seeds: list[int], inner: InnerConfig) -> RoundOutput: ...
+    def run_round(
+        self, phi: Params, seeds: list[int], config: InnerConfig, *, compile: bool
+    ) -> RoundOutput: ...
 
     def score_held_out(
-        self, phi: Params, seeds: list[int], shots: int, config: HeldOutConfig
+        self, phi: Params, seeds: list[int], shots: int, config: InnerConfig, transductive: bool
     ) -> list[float]: ...
 
 
@@ -128,7 +129,7 @@ class MetaTrainer:
             # seeds: a function of (job seed, round) only, whatever the number of workers
             seeds = task_seeds(spec.seed, round_index, spec.meta_batch_size)
             # dispatch + collect: Σ(W_i − φ) over the round's tasks, from the actors
-            result = self.runner.run_round(self.phi, seeds, inner)
+            result = self.runner.run_round(self.phi, seeds, inner, compile=spec.compile_inner_loop)
             # meta-update: φ ← φ + ε · mean(W_i − φ) (or Adam on the pseudo-gradient)
             mean_delta = scale(result.delta_sum, 1.0 / result.count)
             if not (is_finite(mean_delta) and np.isfinite(result.loss_after).all()):

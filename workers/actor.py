@@ -6,9 +6,9 @@ actor loses nothing. On a GPU actor the inner loops run on `cuda`; what goes in 
 out is numpy on the CPU either way, so the controller never sees a device.
 
 A call and its result each cross Ray as one pickled `bytes` (`pack`): Ray's serialiser charges
-each argument and each numpy array on its own (on 2 cores ~0.1 ms an argument and ~0.2 ms an
-array, against ~25 µs for one plain pickle of a whole sine call), and those round trips are most
-of a small round's overhead. Only a large φ goes as Ray's own argument, from the object store.
+each argument and each numpy array on its own, far more than one plain pickle of a whole call,
+and those round trips are most of a small round's overhead. Only a large φ goes as Ray's own
+argument, from the object store.
 """
 
 import os
@@ -23,8 +23,8 @@ import numpy as np
 import ray
 import torch
 
-from reptile.evaluate import HeldOutConfig, held_out_accuracies
-from reptile.inner import InnerConfig, InnerStep, chunk_step, run_tasks
+from reptile.evaluate import held_out_accuracies
+from reptile.inner import InnerConfig, InnerStep, batched_step, run_tasks
 from reptile.params import from_numpy, to_numpy
 from reptile.tasks import TaskFamily, make_family
 from workers.memory import keep_freed_memory
@@ -48,13 +48,14 @@ def unpack(data: bytes, kind: type[T]) -> T:
 
 @dataclass(frozen=True)
 class ChunkRequest:
-    """One chunk's call: the seeds of its tasks, how to learn them, and φ when it is small
-    enough to travel inline (a large φ comes from the object store, as `run_chunk`'s own
-    argument)."""
+    """One chunk's call: the seeds of its tasks, how to learn them (`config`; `compile`: with
+    a compiled step), and φ when it is small enough to travel inline (a large φ comes from the
+    object store, as `run_chunk`'s own argument)."""
 
     seeds: np.ndarray  # uint64, one buffer rather than a Python int per task
-    inner: InnerConfig
+    config: InnerConfig
     phi: dict[str, np.ndarray] | None = None
+    compile: bool = False
 
 
 @dataclass(frozen=True)
@@ -72,11 +73,13 @@ class ChunkOutput:
 @dataclass(frozen=True)
 class HeldOutRequest:
     """One chunk of a held-out evaluation: tasks of `seeds` with `shots` support examples per
-    class, scored as `config` says; φ as in `ChunkRequest`."""
+    class, adapted as `config` says and classified `transductive`ly or not; φ as in
+    `ChunkRequest`."""
 
     seeds: np.ndarray  # uint64
     shots: int
-    config: HeldOutConfig
+    config: InnerConfig
+    transductive: bool
     phi: dict[str, np.ndarray] | None = None
 
 
@@ -112,7 +115,7 @@ class InnerLoopWorker:
         self.model = self.family.make_model().to(self.device)
         # outside Ray (a unit test, a notebook) there is no node, and asking would start Ray
         self.node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
-        self.steps: dict[InnerConfig, InnerStep] = {}
+        self.steps: dict[tuple[InnerConfig, bool], InnerStep] = {}  # by (config, compile)
         self.held_out: dict[int, TaskFamily] = {}  # the held-out family of each K shots
 
     def run_chunk(self, request: bytes, stored_phi: dict[str, np.ndarray] | None = None) -> bytes:
@@ -123,12 +126,17 @@ class InnerLoopWorker:
         start = time.perf_counter()
         call = unpack(request, ChunkRequest)
         phi = _phi_of(call.phi, stored_phi)
-        inner = call.inner
-        if inner not in self.steps:  # a compiled step compiles on its first chunk, once
-            self.steps[inner] = chunk_step(self.family, self.model, inner)
-        step = self.steps[inner]
+        config, key = call.config, (call.config, call.compile)
+        if key not in self.steps:  # a compiled step compiles on its first chunk, once
+            self.steps[key] = batched_step(self.family, self.model, config, compile=call.compile)
         result = run_tasks(
-            self.family, self.model, from_numpy(phi), call.seeds.tolist(), inner, self.device, step
+            self.family,
+            self.model,
+            from_numpy(phi),
+            call.seeds.tolist(),
+            config,
+            self.device,
+            self.steps[key],
         )
         output = ChunkOutput(
             delta_sum=to_numpy(result.delta_sum),
@@ -157,7 +165,8 @@ class InnerLoopWorker:
             from_numpy(phi),
             call.seeds.tolist(),
             call.config,
-            self.device,
+            transductive=call.transductive,
+            device=self.device,
         )
         return pack(HeldOutOutput(np.array(accuracies), self.node_id))
 

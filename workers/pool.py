@@ -19,7 +19,6 @@ import numpy as np
 import ray
 from ray.exceptions import GetTimeoutError, RayError
 
-from reptile.evaluate import HeldOutConfig
 from reptile.inner import InnerConfig
 from reptile.params import Params, from_numpy, to_numpy, total
 from workers.actor import (
@@ -133,11 +132,14 @@ class WorkerPool:
         self.actors[slot] = self._new_actor()
         return self.actors[slot]
 
-    def run_round(self, phi: Params, seeds: list[int], inner: InnerConfig) -> RoundOutput:
-        """Run every task of `seeds` from φ and return Σ(W_i − φ) with per-task losses."""
+    def run_round(
+        self, phi: Params, seeds: list[int], config: InnerConfig, *, compile: bool = False
+    ) -> RoundOutput:
+        """Run every task of `seeds` from φ as `config` says (`compile`: each actor compiles
+        its step, once) and return Σ(W_i − φ) with per-task losses."""
         inline, stored = self._phi_args(phi)
         requests = [
-            pack(ChunkRequest(np.array(chunk, np.uint64), inner, inline))
+            pack(ChunkRequest(np.array(chunk, np.uint64), config, inline, compile))
             for chunk in split(seeds, len(self.actors))
         ]
         outputs = [unpack(r, ChunkOutput) for r in self._run_chunks("run_chunk", requests, stored)]
@@ -151,17 +153,18 @@ class WorkerPool:
         )
 
     def score_held_out(
-        self, phi: Params, seeds: list[int], shots: int, config: HeldOutConfig
+        self, phi: Params, seeds: list[int], shots: int, config: InnerConfig, transductive: bool
     ) -> list[float]:
-        """The accuracy after adaptation of each held-out task of `seeds` (`shots` examples per
-        class), in seed order: an image job's evaluation, split over the actors like a round.
+        """The accuracy after adapting as `config` says of each held-out task of `seeds`
+        (`shots` examples per class; `transductive`: see `reptile.evaluate.classify`), in seed
+        order: an image job's evaluation, split over the actors like a round.
 
         Its chunks run under the round's deadline: the spec bounds an evaluation's work as it
         bounds a round's (`max_work`).
         """
         inline, stored = self._phi_args(phi)
         requests = [
-            pack(HeldOutRequest(np.array(chunk, np.uint64), shots, config, inline))
+            pack(HeldOutRequest(np.array(chunk, np.uint64), shots, config, transductive, inline))
             for chunk in split(seeds, len(self.actors))
         ]
         outputs = [
@@ -175,9 +178,9 @@ class WorkerPool:
         request (no extra argument), a large one goes as its object-store reference.
 
         A large φ goes in the object store once per round, read zero-copy by every actor; a
-        small one (the sine MLP's 17 KB) rides inline, as Ray itself does with small
-        arguments: that skips two object-store round trips, ~2 ms a round on 2 cores. (No φ
-        argument at all then: even a None costs Ray ~0.07 ms to carry.)
+        small one (the sine MLP's) rides inline, as Ray itself does with small arguments: that
+        skips two object-store round trips. (No φ argument at all then: even a None costs Ray
+        something to carry.)
         """
         arrays = to_numpy(phi)
         if sum(array.nbytes for array in arrays.values()) <= INLINE_PHI_BYTES:

@@ -4,7 +4,8 @@
 with `"model": "models:/…"`), through one code path. Sine jobs take JSON points. Image jobs take
 JSON with base64 images, or multipart/form-data (`support` files, `labels` fields in the same
 order, `query` files, optional `steps`, `lr`, `model`), which is turned into the JSON form and
-validated by the same model.
+validated by the same model (`service.adaptation_schemas`, which the registered models' pyfunc
+validates its rows with too).
 """
 
 import base64
@@ -13,30 +14,31 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic import TypeAdapter, ValidationError
 from starlette.datastructures import UploadFile
 
 from api import errors
 from api.deps import ControllerDep
 from api.routes.weights import WEIGHTS_RESPONSES, WeightsFormat, weights_response
 from api.schemas import (
+    AdaptationPublic,
+    ImageModelAdaptationCreate,
+    ModelAdaptationCreate,
+    SineModelAdaptationCreate,
+)
+from service.adaptation_schemas import (
     MAX_ADAPTATION_STEPS,
     MAX_LR,
     MAX_QUERY_IMAGES,
     MAX_SUPPORT_IMAGES,
-    AdaptationPublic,
-    ImageAdaptationCreate,
-    ImageModelAdaptationCreate,
-    ModelAdaptationCreate,
-    SineAdaptationCreate,
-    SineModelAdaptationCreate,
+    AdaptationCreate,
+    parse_adaptation,
 )
-from service.adaptation import Images, Points
-from service.specs import AnyJobSpec, SineJobSpec
+from service.specs import AnyJobSpec
 
 router = APIRouter(tags=["adaptations"], responses=errors.RESPONSES)
 
-_BODY_SCHEMA = TypeAdapter(SineAdaptationCreate | ImageAdaptationCreate).json_schema(
+_BODY_SCHEMA = TypeAdapter(AdaptationCreate).json_schema(
     ref_template="#/components/schemas/{model}"
 )
 # The body is parsed by hand (JSON or multipart), so its models are added to the OpenAPI
@@ -89,14 +91,9 @@ _MODEL_OPENAPI = _openapi(
 )
 
 
-def _validated(model: type[BaseModel], data: Any, strict: bool) -> Any:
-    """`data` as `model`; strict for JSON (no `true` or "5" for a number), not for form text."""
-    try:
-        return model.model_validate(data, strict=strict)
-    except ValidationError as error:
-        raise RequestValidationError(
-            [{**e, "loc": ("body", *e["loc"])} for e in error.errors()]
-        ) from None
+def _request_error(error: ValidationError) -> RequestValidationError:
+    """A body's validation errors as FastAPI's own 422, located in the body."""
+    return RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in error.errors()])
 
 
 async def _form_body(request: Request) -> dict[str, Any]:
@@ -132,18 +129,12 @@ async def _body(request: Request) -> tuple[Any, bool]:
         ) from None
 
 
-def _task(
-    spec: AnyJobSpec, data: Any, strict: bool
-) -> tuple[Points | Images, int | None, float | None]:
-    """The body as the task to adapt to (points or images, after the job's family), with its
-    `steps` and `lr`."""
-    if isinstance(spec, SineJobSpec):
-        points = _validated(SineAdaptationCreate, data, strict)
-        task: Points | Images = Points(points.support.x, points.support.y, points.query.x)
-        return task, points.steps, points.lr
-    images = _validated(ImageAdaptationCreate, data, strict)
-    task = Images(images.support.images, images.support.labels, images.query.images)
-    return task, images.steps, images.lr
+def _adaptation(spec: AnyJobSpec, data: Any, strict: bool) -> AdaptationCreate:
+    """The body as the adaptation of a `spec` job (points or images, after its family)."""
+    try:
+        return parse_adaptation(spec, data, strict=strict)
+    except ValidationError as error:
+        raise _request_error(error) from None
 
 
 @router.post(
@@ -158,10 +149,8 @@ async def create_adaptation(
     """Adapt the job's current φ (the latest round's while it runs) to the support set."""
     spec = controller.get(job_id).spec  # 404 first
     data, strict = await _body(request)
-    task, steps, lr = _task(spec, data, strict)
-    record = await run_in_threadpool(
-        lambda: controller.adapt(controller.job_source(job_id), task, steps=steps, lr=lr)
-    )
+    body = _adaptation(spec, data, strict)
+    record = await run_in_threadpool(lambda: controller.adapt(controller.job_source(job_id), body))
     response.headers["Location"] = f"/v1/adaptations/{record.id}"
     return AdaptationPublic.of(record)
 
@@ -179,10 +168,13 @@ async def create_model_adaptation(
     """Adapt a registered model's φ (MLflow model registry) to the support set: the body of a
     job adaptation plus `model`. It outlives the job that trained it."""
     data, strict = await _body(request)
-    model = _validated(ModelAdaptationCreate, data, strict).model
+    try:
+        model = ModelAdaptationCreate.model_validate(data, strict=strict).model
+    except ValidationError as error:
+        raise _request_error(error) from None
     source = await run_in_threadpool(controller.model_source, model)
-    task, steps, lr = _task(source.spec, {k: v for k, v in data.items() if k != "model"}, strict)
-    record = await run_in_threadpool(lambda: controller.adapt(source, task, steps=steps, lr=lr))
+    body = _adaptation(source.spec, {k: v for k, v in data.items() if k != "model"}, strict)
+    record = await run_in_threadpool(lambda: controller.adapt(source, body))
     response.headers["Location"] = f"/v1/adaptations/{record.id}"
     return AdaptationPublic.of(record)
 

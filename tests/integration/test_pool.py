@@ -9,7 +9,7 @@ import ray
 import torch
 from ray.util.placement_group import placement_group, remove_placement_group
 
-from reptile.evaluate import HeldOutConfig, held_out_accuracies
+from reptile.evaluate import held_out_accuracies
 from reptile.inner import InnerConfig, InnerOptimizer
 from reptile.meta import MetaConfig, MetaOptimizer, epsilon
 from reptile.params import Params, init_params, scale
@@ -25,10 +25,13 @@ FAMILY = make_family("sine")
 SCHULMAN = InnerConfig(steps=5, batch_size=10, lr=0.02)  # the Reptile blog's inner loop
 
 
-def _distributed(pool: WorkerPool, config: MetaConfig, seed: int) -> Params:
+def _distributed(
+    pool: WorkerPool, config: MetaConfig, seed: int, *, compile: bool = False
+) -> Params:
     meta = MetaOptimizer(init_params(FAMILY.make_model(), seed), config.outer_optimizer)
     for r in range(config.rounds):
-        out = pool.run_round(meta.phi, task_seeds(seed, r, config.meta_batch_size), config.inner)
+        seeds = task_seeds(seed, r, config.meta_batch_size)
+        out = pool.run_round(meta.phi, seeds, config.inner, compile=compile)
         assert out.count == config.meta_batch_size
         meta.step(scale(out.delta_sum, 1 / out.count), epsilon(r, config))
     return meta.phi
@@ -61,12 +64,11 @@ def test_same_phi_as_the_serial_loop_with_1_2_3_actors(inner_optimizer: InnerOpt
 
 def test_actors_with_a_compiled_inner_step_reach_the_serial_phi() -> None:
     """Each actor compiles its step on its first chunk and reuses it for the chunk sizes after."""
-    inner = InnerConfig(steps=5, batch_size=10, lr=0.02, compile=True)
-    config = MetaConfig(rounds=4, meta_batch_size=5, outer_lr=1.0, inner=inner)
+    config = MetaConfig(rounds=4, meta_batch_size=5, outer_lr=1.0, inner=SCHULMAN)
     reference = train_serial(FAMILY, config, seed=3)
     pool = WorkerPool(task="sine", task_options={}, num_workers=2)  # chunks of 3 and 2 tasks
     try:
-        phi = _distributed(pool, config, seed=3)
+        phi = _distributed(pool, config, seed=3, compile=True)
     finally:
         pool.shutdown()
     assert all(torch.allclose(phi[n], reference[n], atol=1e-5) for n in reference)
@@ -157,14 +159,14 @@ def test_held_out_scores_split_over_actors_equal_one_process(tmp_path: Path) -> 
     family = make_family("omniglot", **options, split="test", eval_shots=2)
     model = family.make_model()
     phi = init_params(model, 0)
-    config = HeldOutConfig(steps=3, lr=0.003, optimizer="adam", transductive=False)
+    config = InnerConfig(steps=3, lr=0.003, optimizer="adam")
     seeds = eval_task_seeds(5)
-    expected = held_out_accuracies(family, model, phi, seeds, config)
+    expected = held_out_accuracies(family, model, phi, seeds, config, transductive=False)
     assert len(set(expected)) > 1  # the order is checked
     pool = WorkerPool(task="omniglot", task_options=options, num_workers=2)
     try:
-        assert pool.score_held_out(phi, seeds, 2, config) == pytest.approx(expected)
+        assert pool.score_held_out(phi, seeds, 2, config, False) == pytest.approx(expected)
         os.kill(ray.get(pool.actors[0].pid.remote()), signal.SIGKILL)
-        assert pool.score_held_out(phi, seeds, 2, config) == pytest.approx(expected)
+        assert pool.score_held_out(phi, seeds, 2, config, False) == pytest.approx(expected)
     finally:
         pool.shutdown()

@@ -1,5 +1,6 @@
 """Registered Reptile models in a real SQLite MLflow store: register, resolve, load, predict."""
 
+import base64
 import io
 import json
 import os
@@ -15,7 +16,8 @@ from PIL import Image
 from reptile.params import init_params
 from reptile.tasks import make_family
 from reptile.tasks.fewshot import fewshot_model
-from service.adaptation import Images, ImageShape, Points, Source, adapt
+from service.adaptation import ImageShape, Source, adapt
+from service.adaptation_schemas import ImageAdaptationCreate, SineAdaptationCreate
 from service.registry import ModelNotFound, Registry, RegistryError, register
 from service.specs import OmniglotJobSpec, SineJobSpec
 from service.tracking import Tracker
@@ -81,7 +83,8 @@ def test_a_registered_sine_model_predicts_in_a_fresh_process(tmp_path: Path) -> 
     )
     assert result.returncode == 0, result.stderr
     (served,) = json.loads(result.stdout.strip().splitlines()[-1])
-    expected = adapt(source, Points(SUPPORT_X, SUPPORT_Y, QUERY_X), steps=16, lr=None)
+    body = {"support": {"x": SUPPORT_X, "y": SUPPORT_Y}, "query": {"x": QUERY_X}, "steps": 16}
+    expected = adapt(source, SineAdaptationCreate.model_validate(body))
     assert served["steps"] == 16 and served["lr"] == 0.02  # the job's inner_lr by default
     assert served["predictions"] == pytest.approx(expected.predictions, abs=1e-6)
     assert served["support_loss"]["after"] < served["support_loss"]["before"]
@@ -110,9 +113,16 @@ def test_a_registered_image_model_loads_by_alias_version_and_latest(tmp_path: Pa
     assert registry.source("models:/glyphs@latest") is loaded  # one load per version
     assert all(torch.equal(loaded.phi[n], phi[n]) for n in phi)
 
-    task = Images([_png(1), _png(2), _png(3)], ["a", "b", "c"], [_png(3), _png(1)])
-    served = adapt(loaded, task, steps=5, lr=None)
-    expected = adapt(source, task, steps=5, lr=None)
+    encoded = [base64.b64encode(_png(seed)).decode() for seed in (1, 2, 3)]
+    task = ImageAdaptationCreate.model_validate(
+        {
+            "support": {"images": encoded, "labels": ["a", "b", "c"]},
+            "query": {"images": [encoded[2], encoded[0]]},
+            "steps": 5,
+        }
+    )
+    served = adapt(loaded, task)
+    expected = adapt(source, task)
     assert served.predictions == expected.predictions and len(served.predictions) == 2
 
     for missing in ("models:/nope@latest", "models:/glyphs/7", "models:/glyphs@nope"):

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from reptile.evaluate import evaluate
-from reptile.inner import InnerOptimizer, adapt, full_batches, task_loss
+from reptile.gradients import task_loss
+from reptile.inner import InnerConfig, InnerOptimizer, adapt
 from reptile.params import init_params
 from reptile.tasks import eval_task_seeds
 from reptile.tasks.base import Batching
@@ -23,15 +24,8 @@ def _one_task_at_a_time(
     for seed in seeds:
         task = family.sample_eval_task(seed)
         for steps in STEP_COUNTS:
-            weights = adapt(
-                model,
-                phi,
-                task.support,
-                loss_fn=family.loss,
-                batches=full_batches(len(task.support.inputs), steps),
-                lr=0.02,
-                optimizer=optimizer,
-            )
+            config = InnerConfig(steps=steps, lr=0.02, optimizer=optimizer)  # full batches
+            weights = adapt(model, phi, task.support, config, loss_fn=family.loss)
             losses[steps].append(task_loss(model, weights, family.loss, task.query).item())
     return {k: sum(v) / len(v) for k, v in losses.items()}
 
@@ -46,7 +40,8 @@ def test_evaluate_scores_each_step_count_as_separate_adaptations_would(
     phi = init_params(model, 1)
     seeds = eval_task_seeds(6)
     expected = _one_task_at_a_time(family, phi, seeds, optimizer)
-    measured = evaluate(family, model, phi, seeds, [12, 5, 0, 1, 5], 0.02, optimizer)
+    config = InnerConfig(steps=12, lr=0.02, optimizer=optimizer)
+    measured = evaluate(family, model, phi, seeds, config, [12, 5, 0, 1, 5])
     assert list(measured) == STEP_COUNTS
     assert measured == pytest.approx(expected, rel=1e-5)
     # the adaptation did something, so the test compares more than φ's own loss

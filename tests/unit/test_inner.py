@@ -2,7 +2,6 @@
 vectorised loop over a chunk of tasks against one task at a time."""
 
 from collections.abc import Callable
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -10,20 +9,18 @@ import torch
 from torch import Tensor
 from torch._dynamo.utils import counters
 
+from reptile.gradients import autograd_gradient, batched_gradient, task_loss, tasks_loss
 from reptile.inner import (
     InnerConfig,
     InnerOptimizer,
     adapt,
     adapt_tasks,
-    autograd_gradient,
-    chunk_gradient,
-    chunk_step,
+    batched_step,
     full_batches,
     make_step,
     minibatch_indices,
     run_tasks,
-    task_loss,
-    tasks_loss,
+    step_batches,
 )
 from reptile.params import Params, init_params, params_of, subtract, to_numpy, total
 from reptile.tasks import Task, task_seeds
@@ -42,14 +39,16 @@ def test_minibatches_walk_through_shuffled_epochs() -> None:
     assert longer.shape == (12, 10)
     assert torch.equal(longer[:5], batches)
     assert torch.equal(full_batches(4, 3), torch.arange(4).expand(3, 4))
+    assert torch.equal(step_batches(InnerConfig(steps=5, lr=0.1, batch_size=10), 50, 1), batches)
+    assert torch.equal(step_batches(InnerConfig(steps=3, lr=0.1), 4, 1), full_batches(4, 3))
 
 
 def test_one_sgd_step_matches_a_hand_computation() -> None:
     model = FAMILY.make_model()
     phi = init_params(model, 0)
     task = FAMILY.sample_task(5)
-    batch = torch.arange(10).unsqueeze(0)  # one step on the first 10 points
-    weights = adapt(model, phi, task, loss_fn=FAMILY.loss, batches=batch, lr=0.1, optimizer="sgd")
+    first = Task(task.inputs[:10], task.targets[:10])  # one full-batch step on these 10 points
+    weights = adapt(model, phi, first, InnerConfig(steps=1, lr=0.1), loss_fn=FAMILY.loss)
     model.load_state_dict(phi)
     model.zero_grad()
     FAMILY.loss(model(task.inputs[:10]), task.targets[:10]).backward()
@@ -69,9 +68,8 @@ def test_inner_steps_match_torch_optim_for_sgd_and_adam() -> None:
     ]
     for optimizer, make in cases:
         lr = 0.02 if optimizer == "sgd" else 0.01
-        weights = adapt(
-            model, phi, task, loss_fn=FAMILY.loss, batches=batches, lr=lr, optimizer=optimizer
-        )
+        config = InnerConfig(steps=8, lr=lr, optimizer=optimizer, batch_size=10)
+        weights = adapt(model, phi, task, config, loss_fn=FAMILY.loss, seed=9)
         model.load_state_dict(phi)
         opt = make(model.parameters())
         for batch in batches:
@@ -97,8 +95,9 @@ def test_vectorised_steps_give_each_task_the_weights_of_adapt(
     seeds = task_seeds(4, 0, 5)
     tasks = [FAMILY.sample_task(s) for s in seeds]
     batches = torch.stack([minibatch_indices(50, 8, 10, s) for s in seeds])  # (tasks, steps, batch)
+    config = InnerConfig(steps=8, lr=lr, optimizer=optimizer, batch_size=10)
     stacked, losses = adapt_tasks(
-        make_step(chunk_gradient(SineFamily(batching=batching), model), lr=lr, optimizer=optimizer),
+        make_step(batched_gradient(SineFamily(batching=batching), model), config),
         phi,
         torch.stack([t.inputs for t in tasks]),
         torch.stack([t.targets for t in tasks]),
@@ -106,9 +105,7 @@ def test_vectorised_steps_give_each_task_the_weights_of_adapt(
     )
     assert len(losses) == 8 and losses[0].shape == (len(tasks),)
     for i, task in enumerate(tasks):
-        single = adapt(
-            model, phi, task, loss_fn=FAMILY.loss, batches=batches[i], lr=lr, optimizer=optimizer
-        )
+        single = adapt(model, phi, task, config, loss_fn=FAMILY.loss, seed=seeds[i])
         for name in phi:
             assert stacked[name].shape == (len(tasks), *phi[name].shape)
             assert torch.allclose(stacked[name][i], single[name], atol=atol), (i, name)
@@ -165,16 +162,9 @@ def _one_task_at_a_time(
     deltas, before, after = [], [], []
     for seed in seeds:
         task = FAMILY.sample_task(seed)
+        assert inner.batch_size is not None
         batches = minibatch_indices(len(task.inputs), inner.steps, inner.batch_size, seed)
-        weights = adapt(
-            model,
-            phi,
-            task,
-            loss_fn=FAMILY.loss,
-            batches=batches,
-            lr=inner.lr,
-            optimizer=inner.optimizer,
-        )
+        weights = adapt(model, phi, task, inner, loss_fn=FAMILY.loss, seed=seed)
         deltas.append(subtract(weights, phi))
         first = Task(task.inputs[batches[0]], task.targets[batches[0]])
         before.append(task_loss(model, phi, FAMILY.loss, first).detach())
@@ -208,14 +198,14 @@ def test_a_compiled_step_gives_the_eager_results_and_compiles_once(
 ) -> None:
     model = FAMILY.make_model()
     phi = init_params(model, 4)
-    inner = InnerConfig(steps=5, batch_size=10, lr=lr, optimizer=optimizer, compile=True)
-    step = chunk_step(FAMILY, model, inner)
+    inner = InnerConfig(steps=5, batch_size=10, lr=lr, optimizer=optimizer)
+    step = batched_step(FAMILY, model, inner, compile=True)
     graphs = counters["stats"]["unique_graphs"]
     reordered = dict(sorted(phi.items()))  # as the meta-optimiser hands φ out
     for count, weights in ((4, phi), (7, reordered), (2, phi)):  # no recompiling for either
         seeds = task_seeds(count, 0, count)
         compiled = run_tasks(FAMILY, model, weights, seeds, inner, step=step)
-        eager = run_tasks(FAMILY, model, phi, seeds, replace(inner, compile=False))
+        eager = run_tasks(FAMILY, model, phi, seeds, inner)
         for name in phi:
             assert torch.allclose(compiled.delta_sum[name], eager.delta_sum[name], atol=atol)
         assert torch.allclose(compiled.loss_before, eager.loss_before, atol=1e-6)

@@ -96,6 +96,7 @@ def test_reptile_learns_an_initialisation_that_adapts_faster() -> None:
     phi = train_serial(FAMILY, config, seed=0)
     model = FAMILY.make_model()
     seeds = eval_task_seeds(16)
-    trained = evaluate(FAMILY, model, phi, seeds, [32], 0.02, "sgd")[32]
-    random = evaluate(FAMILY, model, init_params(model, 0), seeds, [32], 0.02, "sgd")[32]
+    adaptation = InnerConfig(steps=32, lr=0.02)
+    trained = evaluate(FAMILY, model, phi, seeds, adaptation, [32])[32]
+    random = evaluate(FAMILY, model, init_params(model, 0), seeds, adaptation, [32])[32]
     assert trained < 0.7 * random

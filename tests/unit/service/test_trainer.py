@@ -6,7 +6,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from reptile.evaluate import HeldOutConfig
 from reptile.inner import InnerConfig, run_tasks
 from reptile.params import Params, to_numpy
 from reptile.serial import train_serial
@@ -30,9 +29,11 @@ class InProcessRunner:
         self.poison_round = poison_round
         self.rounds = 0
 
-    def run_round(self, phi: Params, seeds: list[int], inner: InnerConfig) -> RoundOutput:
+    def run_round(
+        self, phi: Params, seeds: list[int], config: InnerConfig, *, compile: bool
+    ) -> RoundOutput:
         self.rounds += 1
-        result = run_tasks(self.family, self.model, phi, seeds, inner)
+        result = run_tasks(self.family, self.model, phi, seeds, config)
         delta = result.delta_sum
         if self.rounds == self.poison_round:
             delta = {n: t * float("nan") for n, t in delta.items()}
@@ -45,7 +46,7 @@ class InProcessRunner:
         )
 
     def score_held_out(
-        self, phi: Params, seeds: list[int], shots: int, config: HeldOutConfig
+        self, phi: Params, seeds: list[int], shots: int, config: InnerConfig, transductive: bool
     ) -> list[float]:
         raise AssertionError("sine jobs are evaluated in the trainer's process")
 
@@ -107,10 +108,8 @@ def test_figures_drawn_after_the_job_show_the_round_they_were_logged_at(tmp_path
     first_fit = sine_fit_png(
         family,
         phi_at_start,
+        InnerConfig(steps=SPEC.inner_steps, lr=SPEC.inner_lr, optimizer=SPEC.inner_optimizer),
         seed=eval_task_seeds(SPEC.eval_tasks)[0],
-        steps=SPEC.inner_steps,
-        lr=SPEC.inner_lr,
-        optimizer=SPEC.inner_optimizer,
         title="round 0",
     )
     assert sink.figures["plots/sine_fit.png"][0]() == first_fit
