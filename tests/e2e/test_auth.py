@@ -13,7 +13,7 @@ TOKEN = "test-token-0123456789abcdef"
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    running = start_server(  # a tracking URI with a password, never used: no job runs here
+    running = start_server(  # a tracking URI with a password, never reached: a job stays degraded
         Path(tmp_path_factory.mktemp("auth")),
         REPTILE_API_TOKEN=TOKEN,
         REPTILE_MLFLOW_TRACKING_URI="http://reptile:s3cret@127.0.0.1:9/",
@@ -63,6 +63,15 @@ def test_every_endpoint_but_health_and_docs_needs_the_token(server: Server) -> N
         assert response.status_code == 404
         lowercase = {"Authorization": f"bearer {TOKEN}"}  # the scheme is case-insensitive
         assert client.get("/v1/jobs", headers=lowercase).status_code == 200
+
+        # job answers show the MLflow store as /readyz does, and no server paths
+        job = {"rounds": 1, "num_workers": 1}
+        answer = client.post("/v1/jobs", json=job, headers=authorized)
+        assert answer.status_code == 202, answer.text
+        for text in (answer.text, client.get("/v1/jobs", headers=authorized).text):
+            assert "s3cret" not in text and "dataset" not in text
+        assert answer.json()["mlflow"]["tracking_uri"] == "http://reptile:***@127.0.0.1:9/"
+        client.post(f"/v1/jobs/{answer.json()['id']}/cancel", headers=authorized)
 
 
 def test_the_openapi_schema_declares_the_bearer_scheme(server: Server) -> None:
