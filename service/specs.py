@@ -24,6 +24,10 @@ if TYPE_CHECKING:  # imported where used: API clients read specs without loading
 
 Optimizer = Literal["sgd", "adam"]
 
+# MLflow's limit on a param value (`mlflow.utils.validation.MAX_PARAM_VAL_LENGTH`; a test holds
+# the two equal): every field is logged as a param, and MLflow refuses or truncates a longer one.
+MAX_PARAM_VALUE_LENGTH = 6000
+
 
 class _JobSpecBase(BaseModel):
     """Fields every task family shares (defaults are the sine job's; families override)."""
@@ -110,6 +114,12 @@ class _JobSpecBase(BaseModel):
             )
         if self.outer_lr_final > self.outer_lr:
             raise ValueError("outer_lr_final must not exceed outer_lr (ε only anneals down)")
+        for field, value in self.model_dump().items():  # the MLflow params of the job's run
+            if len(str(value)) > MAX_PARAM_VALUE_LENGTH:
+                raise ValueError(
+                    f"{field} takes {len(str(value)):,} characters as an MLflow param, over "
+                    f"MLflow's limit of {MAX_PARAM_VALUE_LENGTH:,}"
+                )
         return self
 
     # The one place where the spec's fields become inner-loop configs (`reptile.inner`).

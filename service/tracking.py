@@ -2,19 +2,16 @@
 
 The trainer enqueues metrics, artifacts and figures and never waits on MLflow, nor on drawing
 a figure. A background thread creates (or reopens) the job's run and replays the queue in order
-through `MlflowClient` with the explicit run id (jobs run concurrently, so the thread-local
-fluent run is never used). When MLflow is unreachable the thread keeps the queue, reports
-`degraded`, and retries until it comes back. Metrics also go to a journal on disk before they
-are queued, so a controller that is killed loses none: the job's next tracker replays what
-MLflow did not yet have. A job's final model is registered the same way, so an outage delays
-its registration but never fails the job. The thread draws each figure when its turn comes, and
-only the latest one queued for a path (a backlog after an outage draws each figure once, not
-once per evaluation it missed).
+through a `RunWriter` (`service.run_writer`): while MLflow is unreachable the thread keeps the
+queue, reports `degraded`, and retries until it comes back; a record that MLflow refuses for
+good is left out, shown as `last_error`, and the queue goes on. Metrics are journaled on disk
+before they are queued (`service.journal`), so a controller that is killed loses none. A job's
+final model is registered the same way, so an outage delays its registration but never fails
+the job. The thread draws each figure when its turn comes, and only the latest one queued for
+a path (a backlog after an outage draws each figure once, not once per evaluation it missed).
 """
 
-import json
 import logging
-import os
 import queue
 import shutil
 import tempfile
@@ -25,39 +22,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mlflow import MlflowClient
-from mlflow.entities import Metric, Param
-from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
+from mlflow.entities import Metric
 
-from service.files import atomic_write
+from service.journal import Journal
 from service.plots import Drawing
+from service.run_writer import ModelVersionRef, RunRef, RunWriter
 
 log = logging.getLogger(__name__)
 
-# Fail fast against an unreachable tracking server; this module does its own retrying.
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-
 MAX_METRICS_PER_BATCH = 1000  # MLflow's limit for one log_batch call
-
-
-@dataclass(frozen=True)
-class RunRef:
-    experiment_id: str
-    run_id: str
-
-
-@dataclass(frozen=True)
-class ModelVersionRef:
-    """A version of a registered model."""
-
-    name: str
-    version: str
-
-    @property
-    def uri(self) -> str:
-        return f"models:/{self.name}/{self.version}"
 
 
 @dataclass(frozen=True)
@@ -66,53 +39,9 @@ class _Metrics:
     entries: int = 1  # journal lines these metrics came from
 
 
-class _Journal:
-    """The metrics handed to a tracker, on disk until MLflow holds them.
-
-    An append-only JSON-lines file (one line per `log_metrics` call) and the count of lines
-    that MLflow already holds. Replaying a line twice is harmless: MLflow ignores a metric
-    identical to a stored one (same key, value, step and timestamp).
-    """
-
-    def __init__(self, directory: Path) -> None:
-        self._path = directory / "metrics.jsonl"
-        self._applied_path = directory / "metrics.applied"
-
-    def load(self) -> tuple[list[list[Metric]], int]:
-        """Every complete line, and how many of them MLflow holds; drops a torn last line."""
-        if not self._path.exists():
-            return [], 0
-        data = self._path.read_bytes()
-        complete = data[: data.rfind(b"\n") + 1]
-        if len(complete) < len(data):  # a crash mid-append: the next append starts clean
-            with self._path.open("r+b") as file:
-                file.truncate(len(complete))
-        entries = [
-            [
-                Metric(key, value, timestamp, step)
-                for key, value, timestamp, step in json.loads(line)
-            ]
-            for line in complete.splitlines()
-        ]
-        applied = int(self._applied_path.read_text()) if self._applied_path.exists() else 0
-        return entries, applied
-
-    def append(self, metrics: list[Metric]) -> None:
-        line = json.dumps([[m.key, m.value, m.timestamp, m.step] for m in metrics])
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        with self._path.open("a") as file:
-            file.write(line + "\n")
-
-    def mark_applied(self, count: int) -> None:
-        try:
-            atomic_write(self._applied_path, str(count).encode())
-        except OSError as error:  # only costs a harmless replay after a crash
-            log.warning("could not record MLflow's progress in the journal: %s", error)
-
-
 @dataclass(frozen=True)
 class _Artifact:
-    local_path: Path  # a staged copy owned by the tracker
+    staged: Path  # a copy owned by the tracker
     artifact_dir: str
 
 
@@ -131,7 +60,7 @@ class _Tag:
 
 @dataclass(frozen=True)
 class _Model:
-    local_dir: Path  # a saved MLflow model, staged; logged as the run's `model` artifacts
+    staged: Path  # a saved MLflow model, staged; logged as the run's `model` artifacts
     name: str  # registered model
     tags: dict[str, str]
     description: str
@@ -169,24 +98,23 @@ class Tracker:
         retry_seconds: float = 2.0,
         flush_interval_s: float = 1.0,
     ) -> None:
-        self._client = MlflowClient(tracking_uri=tracking_uri)
-        self._experiment = experiment
-        self._artifact_location = artifact_location
-        self._run_name = run_name
-        self._params = params
-        self._tags = tags
+        self._writer = RunWriter(
+            tracking_uri=tracking_uri,
+            experiment=experiment,
+            artifact_location=artifact_location,
+            run_name=run_name,
+            params=params,
+            tags=tags,
+            run=run,
+            on_run=on_run,
+            on_model=on_model,
+            retry_seconds=retry_seconds,
+        )
         self._staging_dir = staging_dir
-        self._on_run = on_run
-        self._on_model = on_model
-        self._retry_seconds = retry_seconds
         self._flush_interval_s = flush_interval_s
-        self.run = run
-        self.model: ModelVersionRef | None = None  # set once the model is registered
-        self.degraded = False
-        self.last_error: str | None = None
         self._queue: queue.Queue[_Record | _Figure | _Mark] = queue.Queue()
         self._figures: dict[str, int] = {}  # artifact path → figures logged to it
-        self._journal = _Journal(staging_dir)
+        self._journal = Journal(staging_dir)
         entries, self._applied = self._journal.load()
         # a resumed job re-runs the rounds after its checkpoint: what is journaled stays as is
         self._last_step: dict[str, int] = {}
@@ -196,6 +124,27 @@ class Tracker:
             self._queue.put(_Metrics(entry))
         self._thread = threading.Thread(target=self._work, name=f"mlflow-{run_name}", daemon=True)
         self._thread.start()
+
+    @property
+    def run(self) -> RunRef | None:
+        """The job's run, once created or reopened."""
+        return self._writer.run
+
+    @property
+    def model(self) -> ModelVersionRef | None:
+        """The registered model version, once registered."""
+        return self._writer.model
+
+    @property
+    def degraded(self) -> bool:
+        """Whether MLflow is unreachable now (the records wait in the queue)."""
+        return self._writer.degraded
+
+    @property
+    def last_error(self) -> str | None:
+        """The error to show on the job: MLflow's current one while tracking is degraded, else
+        the latest record that MLflow refused and that was left out (kept to the end)."""
+        return self._writer.last_error
 
     # --- called by the trainer -----------------------------------------------------------
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
@@ -280,7 +229,7 @@ class Tracker:
             return None
 
     def _work(self) -> None:
-        self._retrying(self._open_run)
+        self._writer.open()
         last_write = 0.0
         while True:
             item = self._queue.get()
@@ -297,8 +246,11 @@ class Tracker:
                 # ~10 ms of CPU, which at dozens of rounds per second competes with training.
                 time.sleep(max(0.0, last_write + self._flush_interval_s - time.monotonic()))
                 item = self._merge_metrics(item)
-            self._retrying(lambda item=item: self._apply(item))  # type: ignore[misc]
+            if self.run is not None:  # else MLflow refused the run: the records are dropped
+                self._apply(item)
             last_write = time.monotonic()
+            if isinstance(item, _Artifact | _Model):  # logged or left out: the copy is done
+                shutil.rmtree(item.staged.parent, ignore_errors=True)
             if isinstance(item, _Metrics):
                 self._applied += item.entries
                 self._journal.mark_applied(self._applied)
@@ -323,75 +275,18 @@ class Tracker:
             entries += item.entries
         return _Metrics(metrics, entries)
 
-    def _retrying(self, action: Callable[[], None]) -> None:
-        while True:
-            try:
-                action()
-            except Exception as error:  # MLflow raises many types; all mean "not logged yet"
-                if not self.degraded:
-                    log.warning("MLflow unreachable (%s); buffering and retrying", error)
-                self.degraded = True
-                self.last_error = str(error)
-                time.sleep(self._retry_seconds)
-                continue
-            if self.degraded:
-                log.info("MLflow reachable again; buffered records flushed")
-            self.degraded = False
-            self.last_error = None
-            return
-
-    def _open_run(self) -> None:
-        if self.run is not None:
-            self._client.get_run(self.run.run_id)  # fails while MLflow is unreachable
-            return
-        experiment = self._client.get_experiment_by_name(self._experiment)
-        if experiment is None:
-            experiment_id = self._client.create_experiment(
-                self._experiment, artifact_location=self._artifact_location
-            )
-        else:
-            experiment_id = experiment.experiment_id
-        run = self._client.create_run(experiment_id, run_name=self._run_name, tags=self._tags)
-        self._client.log_batch(
-            run.info.run_id, params=[Param(k, str(v)) for k, v in self._params.items()]
-        )
-        self.run = RunRef(experiment_id=experiment_id, run_id=run.info.run_id)
-        self._on_run(self.run)
-
     def _apply(self, item: _Record) -> None:
-        assert self.run is not None
+        writer = self._writer
         if isinstance(item, _Metrics):
-            self._client.log_batch(self.run.run_id, metrics=item.metrics)
+            writer.log_batch(item.metrics)
         elif isinstance(item, _Artifact):
-            self._client.log_artifact(self.run.run_id, str(item.local_path), item.artifact_dir)
-            shutil.rmtree(item.local_path.parent, ignore_errors=True)
+            writer.log_artifact(item.staged, item.artifact_dir)
         elif isinstance(item, _Tag):
-            self._client.set_tag(self.run.run_id, item.key, item.value)
+            writer.set_tag(item.key, item.value)
         elif isinstance(item, _Model):
-            self._register(item)
+            writer.register(item.staged, item.name, tags=item.tags, description=item.description)
         elif item.status is not None:
-            self._client.set_terminated(self.run.run_id, status=item.status)
-
-    def _register(self, item: _Model) -> None:
-        """Re-run after a failure until it succeeds: every step tolerates an earlier success."""
-        assert self.run is not None
-        if self.model is None:
-            self._client.log_artifacts(self.run.run_id, str(item.local_dir), "model")
-            try:
-                self._client.create_registered_model(item.name)
-            except MlflowException as error:
-                if error.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
-                    raise
-            version = self._client.create_model_version(
-                item.name,
-                source=f"runs:/{self.run.run_id}/model",
-                run_id=self.run.run_id,
-                tags=item.tags,
-                description=item.description,
-            )
-            self.model = ModelVersionRef(item.name, str(version.version))
-        shutil.rmtree(item.local_dir.parent, ignore_errors=True)
-        self._on_model(self.model)
+            writer.end(item.status)
 
 
 def run_url(ui_url: str, run: RunRef) -> str:

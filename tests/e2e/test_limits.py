@@ -60,6 +60,10 @@ def test_specs_and_adaptations_bound_the_work_they_ask_for(server: Server) -> No
         ({"task": "omniglot", "data": "x", "eval_shots": [0]}, "greater than or equal to 1"),
         ({"task": "omniglot", "data": "x", "held_out": ["a" * 300]}, "at most 200 characters"),
         (
+            {"task": "omniglot", "data": "x", "held_out": ["a" * 200] * 40},
+            "held_out takes 8,160 characters as an MLflow param, over MLflow's limit of 6,000",
+        ),
+        (
             {"meta_batch_size": 1024, "inner_steps": 100, "inner_batch_size": 50},
             "5,120,000 example-steps exceeds this service's limit of 1,000,000",
         ),

@@ -1,28 +1,43 @@
 """The MLflow tracker against real stores: a SQLite file, and a tracking server that is down."""
 
+import logging
+import sqlite3
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import pytest
 from mlflow import MlflowClient
 
+from service.run_writer import EXPERIMENT_KIND_TAG
 from service.tracking import RunRef, Tracker
 from tests.utils.mlflow_server import MlflowServer
 from tests.utils.net import free_port, wait_until
 
 
-def _tracker(uri: str, tmp_path: Path, artifacts: str | None, run: RunRef | None = None) -> Tracker:
+def _tracker(
+    uri: str, tmp_path: Path, artifacts: str | None, run: RunRef | None = None, **options: Any
+) -> Tracker:
+    arguments: dict[str, Any] = {
+        "experiment": "reptile-test",
+        "params": {"rounds": 3, "inner_lr": 0.02},
+    }
     return Tracker(
         tracking_uri=uri,
-        experiment="reptile-test",
         artifact_location=artifacts,
         run_name="t",
-        params={"rounds": 3, "inner_lr": 0.02},
         tags={"job_id": "x"},
         staging_dir=tmp_path / "staging",
         retry_seconds=0.2,
         run=run,
+        **(arguments | options),
     )
+
+
+def _save(directory: Path) -> None:  # any directory registers; the pyfunc is tested elsewhere
+    directory.mkdir()
+    (directory / "MLmodel").write_text("flavors: {}")
 
 
 def test_metrics_params_and_artifacts_reach_a_sqlite_store(tmp_path: Path) -> None:
@@ -122,11 +137,7 @@ def test_buffers_while_the_server_is_down_and_flushes_when_it_returns(tmp_path: 
     for step in range(1, 6):
         tracker.log_metrics({"meta_loss_after": float(step)}, step=step)
 
-    def save(directory: Path) -> None:  # any directory registers; the pyfunc is tested elsewhere
-        directory.mkdir()
-        (directory / "MLmodel").write_text("flavors: {}")
-
-    tracker.register_model("outage-model", save, tags={"eval": "0.5"}, description="after")
+    tracker.register_model("outage-model", _save, tags={"eval": "0.5"}, description="after")
     wait_until(lambda: tracker.degraded, 30, "the tracker to report degraded tracking")
     assert tracker.run is None and tracker.last_error and tracker.model is None
     server = MlflowServer(tmp_path / "server", port)
@@ -141,3 +152,79 @@ def test_buffers_while_the_server_is_down_and_flushes_when_it_returns(tmp_path: 
         assert version.run_id == tracker.run.run_id and version.tags == {"eval": "0.5"}
     finally:
         server.stop()
+
+
+def test_what_mlflow_refuses_is_recorded_and_left_out_and_the_rest_reaches_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A refusal never blocks the queue: the run is created, later records reach it."""
+    monkeypatch.setenv("MLFLOW_TRUNCATE_LONG_VALUES", "false")  # refuse, as servers may
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    params = {"rounds": 3, "held_out": "x" * 7000}  # over MLflow's param value limit
+    tracker = _tracker(uri, tmp_path, None, params=params)
+    tracker.log_metrics({"meta_loss_after": 1.0, "bad metric!": 2.0}, step=1)
+    tracker.set_tag("bad tag!", "refused: not a valid key")
+    tracker.register_model("bad/name", _save, tags={}, description="refused: not a valid name")
+    tracker.log_metrics({"meta_loss_after": 0.5}, step=2)
+    with caplog.at_level(logging.ERROR, logger="service.run_writer"):
+        assert tracker.finish("FINISHED", timeout=30)
+    assert tracker.run is not None and tracker.model is None and not tracker.degraded
+    assert tracker.last_error is not None
+    assert tracker.last_error.startswith("MLflow refused the model version of 'bad/name'")
+    refused = [
+        record.getMessage().split(";")[0]
+        for record in caplog.records
+        if record.name == "service.run_writer"
+    ]
+    assert refused == [
+        "MLflow refused param 'held_out'",
+        "MLflow refused metric 'bad metric!'",
+        "MLflow refused tag 'bad tag!'",
+        "MLflow refused the model version of 'bad/name'",
+    ]
+    client = MlflowClient(uri)
+    run = client.get_run(tracker.run.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params == {"rounds": "3"} and run.data.tags["job_id"] == "x"
+    history = client.get_metric_history(run.info.run_id, "meta_loss_after")
+    assert [(m.step, m.value) for m in history] == [(1, 1.0), (2, 0.5)]
+    assert not any((tmp_path / "staging").rglob("MLmodel"))  # the refused model's copy is gone
+
+
+def test_a_locked_database_is_waited_out(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = _tracker(uri, tmp_path, None)
+    assert tracker.flush()
+    lock = sqlite3.connect(tmp_path / "mlflow.db")
+    lock.execute("BEGIN EXCLUSIVE")  # another writer holds the database
+    try:
+        tracker.log_metrics({"meta_loss_after": 1.0}, step=1)
+        wait_until(lambda: tracker.degraded, 60, "the tracker to wait for the locked database")
+        assert tracker.last_error is not None and "database is locked" in tracker.last_error
+    finally:
+        lock.rollback()
+        lock.close()
+    assert tracker.finish("FINISHED", timeout=60) and tracker.run is not None
+    assert not tracker.degraded and tracker.last_error is None
+    history = MlflowClient(uri).get_metric_history(tracker.run.run_id, "meta_loss_after")
+    assert [(m.step, m.value) for m in history] == [(1, 1.0)]
+
+
+def test_experiments_are_model_training_experiments(tmp_path: Path) -> None:
+    """The MLflow UI then shows a job's run as a training run, not as a GenAI evaluation."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    older = client.create_experiment("reptile-older")  # made by an earlier version of the service
+    chosen = client.create_experiment(
+        "reptile-chosen", tags={EXPERIMENT_KIND_TAG: "genai_development"}
+    )
+    tracker = _tracker(uri, tmp_path / "new", None, experiment="reptile-new")
+    assert tracker.finish("FINISHED") and tracker.run is not None
+    for name in ["reptile-older", "reptile-chosen"]:
+        assert _tracker(uri, tmp_path / name, None, experiment=name).finish("FINISHED")
+    kinds = [
+        client.get_experiment(experiment_id).tags.get(EXPERIMENT_KIND_TAG)
+        for experiment_id in [tracker.run.experiment_id, older, chosen]
+    ]
+    # a kind that someone chose is theirs to keep
+    assert kinds == ["custom_model_development", "custom_model_development", "genai_development"]

@@ -3,10 +3,11 @@
 from pathlib import Path
 
 import pytest
+from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 from pydantic import ValidationError
 
 from api.cli.local import read_job_file
-from service.specs import OmniglotJobSpec, SineJobSpec, parse_spec
+from service.specs import MAX_PARAM_VALUE_LENGTH, OmniglotJobSpec, SineJobSpec, parse_spec
 
 
 def test_every_field_is_optional_and_task_defaults_to_sine() -> None:
@@ -53,6 +54,10 @@ def test_gpus_per_worker_is_a_fraction_of_one_gpu_or_whole_gpus() -> None:
         ({"task": "omniglot", "data": "x", "ways": 1}, "greater than or equal to 2"),
         ({"gpus_per_worker": 1.5}, "above 1 it must be a whole number"),
         ({"gpus_per_worker": -0.5}, "greater than or equal to 0"),
+        (  # 40 names of 200 characters: each field is an MLflow param, which MLflow refuses
+            {"task": "omniglot", "data": "x", "held_out": ["a" * 200] * 40},
+            "held_out takes 8,160 characters as an MLflow param, over MLflow's limit of 6,000",
+        ),
     ],
 )
 def test_bad_fields_are_rejected_with_a_message(body: dict[str, object], message: str) -> None:
@@ -66,3 +71,7 @@ def test_a_yaml_job_file_reads_exponent_floats_as_numbers(tmp_path: Path) -> Non
     job.write_text("rounds: 10\ninner_lr: 1e-3\nouter_lr: 5.0E-1\n")
     spec = parse_spec(read_job_file(str(job)))
     assert (spec.inner_lr, spec.outer_lr, spec.rounds) == (0.001, 0.5, 10)
+
+
+def test_the_param_length_limit_is_mlflows() -> None:
+    assert MAX_PARAM_VALUE_LENGTH == MAX_PARAM_VAL_LENGTH
