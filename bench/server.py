@@ -1,9 +1,7 @@
-"""A real `reptile serve` for benchmarks: started on a free port, stopped on exit."""
+"""A real `reptile serve` for benchmarks, started and stopped by the tests' server helper
+(`tests.utils.server`): a free loopback port, a local Ray, SQLite MLflow in the data dir."""
 
 import os
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -12,37 +10,22 @@ from typing import Any
 
 import httpx
 
+from tests.utils.server import start_server, wait_for_state
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+JOB_TIMEOUT_S = 24 * 3600  # a benchmark job runs as long as it needs; this only bounds a hang
 
 
 @contextmanager
 def running_server(data_dir: Path, **env: str) -> Iterator[httpx.Client]:
-    """A client for a server on `data_dir` (local Ray, SQLite MLflow), ready to take jobs."""
-    port = _free_port()
-    environment = {**os.environ, "REPTILE_DATA_DIR": str(data_dir), **env}
-    reptile = Path(sys.executable).with_name("reptile")
-    server = subprocess.Popen(
-        [str(reptile), "serve", "--no-ui", "--port", str(port)],
-        env=environment,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    """A client for a server on `data_dir`, ready to take jobs; its Ray advertises the
+    machine's CPUs unless `env` says otherwise. The server's log is in `data_dir`."""
+    env = {"REPTILE_RAY_NUM_CPUS": str(os.cpu_count() or 1), **env}
+    server = start_server(data_dir, data_dir, **env)
     try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
-            for _ in range(600):
-                try:
-                    if client.get("/readyz").status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    time.sleep(0.5)
+        with server.client() as client:
             yield client
     finally:
-        server.terminate()
-        server.wait(120)
+        server.stop()
 
 
 def run_job(client: httpx.Client, body: dict[str, Any]) -> tuple[dict[str, Any], float]:
@@ -52,8 +35,7 @@ def run_job(client: httpx.Client, body: dict[str, Any]) -> tuple[dict[str, Any],
         raise SystemExit(f"job refused: {response.status_code} {response.text}")
     job_id = response.json()["id"]
     started = time.perf_counter()
-    while (record := client.get(f"/v1/jobs/{job_id}").json())["state"] in ("queued", "running"):
-        time.sleep(1)
+    record = wait_for_state(client, job_id, {"succeeded", "failed", "cancelled"}, JOB_TIMEOUT_S)
     seconds = time.perf_counter() - started
     if record["state"] != "succeeded":
         raise SystemExit(f"job {job_id} {record['state']}: {record['error']}")

@@ -17,7 +17,7 @@ and one update rule (`inner_update`, reading the config's lr and optimiser). Opt
 - "vmap": `torch.func.vmap` of the one-task loss over the tasks, for any model;
 - "loop": `descend` task after task (Conv4: `vmap`'s batching rules for convolution, batch norm
   and max-pooling copy the stacked activations, slower than a loop over tasks on CPU).
-bench/throughput.py measures each family's modes side by side.
+`python -m bench.throughput` measures each family's modes side by side.
 """
 
 import math
