@@ -1,6 +1,6 @@
 """The FastAPI application: assembles the routers around one controller."""
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -16,13 +16,18 @@ from service.controller import Controller
 from service.settings import Settings
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None,
+    controller_factory: Callable[[Settings, CollectorRegistry], Controller] = Controller,
+) -> FastAPI:
+    """The app; its lifespan builds, starts and shuts down `controller_factory(settings,
+    registry)` (the tests pass an in-memory stand-in)."""
     settings = settings or Settings()
     registry = CollectorRegistry()  # per app: apps in one process must not share metrics
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        controller = Controller(settings, registry)
+        controller = controller_factory(settings, registry)
         controller.start()
         app.state.controller = controller
         yield
