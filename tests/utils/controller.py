@@ -18,7 +18,8 @@ from prometheus_client import CollectorRegistry
 
 from api.main import create_app
 from reptile.params import Params
-from service.adaptation import Images, ImageShape, Points, Source
+from service.adaptation import ImageShape, Source, adaptation_config
+from service.adaptation_schemas import AdaptationCreate, SineAdaptationCreate
 from service.controller import (
     ADAPTATION_RETRY_S,
     JOB_RETRY_S,
@@ -30,7 +31,7 @@ from service.controller import (
     Unavailable,
 )
 from service.metrics import ServiceMetrics
-from service.records import AdaptationRecord, ClassPrediction, JobRecord, JobState, MlflowInfo, now
+from service.records import AdaptationRecord, ClassPrediction, JobRecord, JobState, now
 from service.settings import Settings
 from service.specs import AnyJobSpec, SineJobSpec, registered_model_name
 from service.store import new_id
@@ -49,9 +50,7 @@ class Adapted:
     """What one `adapt` call received from a route."""
 
     source: Source
-    inputs: Points | Images
-    steps: int | None
-    lr: float | None
+    body: AdaptationCreate
 
 
 class InMemoryController:
@@ -97,7 +96,6 @@ class InMemoryController:
             spec=spec,
             dataset=dataset,
             rounds=spec.rounds,
-            mlflow=MlflowInfo(tracking_uri=self.settings.tracking_uri),
         )
         return self.get(job_id)
 
@@ -183,9 +181,7 @@ class InMemoryController:
             raise NotFound(f"no registered model version for {uri}")
         return self._models[uri]
 
-    def adapt(
-        self, source: Source, inputs: Points | Images, *, steps: int | None, lr: float | None
-    ) -> AdaptationRecord:
+    def adapt(self, source: Source, body: AdaptationCreate) -> AdaptationRecord:
         """Keep φ and predict without training: every query gets the support's mean value
         (regression) or its first label, all labels equally likely (classification)."""
         if self.adaptations_running >= self.settings.max_concurrent_adaptations:
@@ -194,27 +190,29 @@ class InMemoryController:
                 "limit of this service; retry in a moment",
                 ADAPTATION_RETRY_S,
             )
-        self.adapted.append(Adapted(source, inputs, steps, lr))
+        self.adapted.append(Adapted(source, body))
         predictions: list[float] | list[ClassPrediction]
-        if isinstance(inputs, Points):
-            mean = sum(inputs.y) / len(inputs.y)
-            predictions = [mean] * len(inputs.query_x)
-            loss = sum((y - mean) ** 2 for y in inputs.y) / len(inputs.y)
+        if isinstance(body, SineAdaptationCreate):
+            ys = body.support.y
+            mean = sum(ys) / len(ys)
+            predictions = [mean] * len(body.query.x)
+            loss = sum((y - mean) ** 2 for y in ys) / len(ys)
         else:
-            classes = list(dict.fromkeys(inputs.labels))
+            classes = list(dict.fromkeys(body.support.labels))
             uniform = {label: 1 / len(classes) for label in classes}
             predictions = [ClassPrediction(label=classes[0], probabilities=uniform)] * len(
-                inputs.query
+                body.query.images
             )
             loss = math.log(len(classes))
+        config = adaptation_config(source.spec, body)
         self._check_disk("cannot store the adaptation")
         record = AdaptationRecord(
             id=new_id(),
             job_id=source.job_id,
             model=source.model,
             round=source.round,
-            steps=steps if steps is not None else source.spec.eval_steps,
-            lr=lr if lr is not None else source.spec.inner_lr,
+            steps=config.steps,
+            lr=config.lr,
             support_loss={"before": loss, "after": loss},
             predictions=predictions,
         )

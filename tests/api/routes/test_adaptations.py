@@ -6,11 +6,17 @@ import pytest
 from fastapi.testclient import TestClient
 from safetensors.torch import load
 
-from service.adaptation import Images, Points
+from service.adaptation_schemas import AdaptationCreate, ImageAdaptationCreate
 from tests.utils.controller import PHI, InMemoryController
 from tests.utils.factories import OMNIGLOT_JOB, SINE_JOB, b64, png, sine_task
 
 UNKNOWN = "0" * 32
+
+
+def _images(body: AdaptationCreate) -> tuple[list[bytes], list[str], list[bytes]]:
+    """An image body's decoded support images, labels and query images."""
+    assert isinstance(body, ImageAdaptationCreate)
+    return body.support.images, body.support.labels, body.query.images
 
 
 def _finished(client: TestClient, controller: InMemoryController, body: dict[str, Any]) -> str:
@@ -41,10 +47,10 @@ def test_a_sine_adaptation_is_created_with_its_location(
     assert created["predictions"] == [3.0, 3.0]  # the stand-in predicts the support's mean
     assert client.get(response.headers["location"]).json() == created
     (adapted,) = controller.adapted
-    assert adapted.inputs == Points(
-        [0.0, 1.0, 2.0, 3.0, 4.0], [-1.0, 1.0, 3.0, 5.0, 7.0], [0.5, 1.5]
-    )
-    assert (adapted.steps, adapted.lr) == (8, 0.1)
+    body = adapted.body.model_dump()
+    assert body["support"] == {"x": [0.0, 1.0, 2.0, 3.0, 4.0], "y": [-1.0, 1.0, 3.0, 5.0, 7.0]}
+    assert body["query"] == {"x": [0.5, 1.5]}
+    assert (adapted.body.steps, adapted.body.lr) == (8, 0.1)
 
 
 def test_steps_and_lr_default_to_the_jobs(
@@ -52,7 +58,7 @@ def test_steps_and_lr_default_to_the_jobs(
 ) -> None:
     response = client.post(f"/v1/jobs/{sine_job}/adaptations", json=sine_task())
     assert response.status_code == 201
-    assert (controller.adapted[0].steps, controller.adapted[0].lr) == (None, None)
+    assert (controller.adapted[0].body.steps, controller.adapted[0].body.lr) == (None, None)
     assert response.json()["steps"] == 32 and response.json()["lr"] == 0.02  # eval_steps, inner_lr
 
 
@@ -156,7 +162,7 @@ def test_an_image_adaptation_takes_base64_json(
     assert response.status_code == 201, response.text
     (prediction,) = response.json()["predictions"]
     assert prediction["label"] == "a" and prediction["probabilities"].keys() == {"a", "b", "c"}
-    assert controller.adapted[0].inputs == Images(support, ["a", "b", "c"], query)
+    assert _images(controller.adapted[0].body) == (support, ["a", "b", "c"], query)
 
 
 def test_a_multipart_upload_is_adapted_as_its_json_form(
@@ -170,8 +176,8 @@ def test_a_multipart_upload_is_adapted_as_its_json_form(
     assert response.status_code == 201, response.text
     assert response.json()["steps"] == 30 and len(response.json()["predictions"]) == 2
     (adapted,) = controller.adapted
-    assert adapted.inputs == Images(support, ["x", "y", "z"], query)
-    assert (adapted.steps, adapted.lr) == (30, 0.5)
+    assert _images(adapted.body) == (support, ["x", "y", "z"], query)
+    assert (adapted.body.steps, adapted.body.lr) == (30, 0.5)
 
     bad = client.post(f"/v1/jobs/{image_job}/adaptations", files=files, data={**form, "lr": "x"})
     assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "lr"]

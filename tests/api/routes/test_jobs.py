@@ -148,9 +148,6 @@ def test_a_finished_job_shows_what_a_user_follows(
     assert job["round"] == 10
 
 
-@pytest.mark.xfail(
-    strict=True, reason="issue 16: job answers must not show server paths or the tracking password"
-)
 def test_a_job_answer_shows_no_server_path_nor_the_tracking_password(tmp_path: Any) -> None:
     settings = Settings(data_dir=tmp_path, mlflow_tracking_uri="http://reptile:s3cret@mlflow:5000")
     with api_client(settings) as (client, _):
