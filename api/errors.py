@@ -14,7 +14,7 @@ from starlette.routing import Match
 
 from api.schemas import FieldErrors, Message
 from service.adaptation import AdaptationError
-from service.controller import Busy, Conflict, Invalid, NotFound, Unavailable
+from service.errors import Busy, Conflict, Invalid, NotFound, Unavailable
 from service.weights import CorruptCheckpoint
 
 # Error bodies are JSON whatever a route answers on success (an event stream, safetensors), so

@@ -17,7 +17,7 @@ import torch
 from reptile.evaluate import Adaptation, adapt_and_predict
 from reptile.inner import InnerConfig
 from reptile.params import Params, is_finite
-from reptile.tasks import Task, make_family
+from reptile.tasks import Task
 from reptile.tasks.fewshot import fewshot_loss, fewshot_model
 from service.adaptation_schemas import AdaptationCreate, ImageAdaptationCreate, SineAdaptationCreate
 from service.datasets import DatasetError, decode_image
@@ -62,8 +62,8 @@ def image_shape(spec: AnyJobSpec, dataset: str | None) -> ImageShape | None:
     """An image job's geometry, read from its prepared data set; None for sine jobs."""
     if isinstance(spec, SineJobSpec):
         return None
-    family = make_family(spec.task, **spec.task_options(dataset))
-    return ImageShape(family.image_size, family.channels)  # type: ignore[attr-defined]
+    family = spec.family(dataset)
+    return ImageShape(family.image_size, family.channels)
 
 
 def adaptation_config(spec: AnyJobSpec, body: AdaptationCreate) -> InnerConfig:
@@ -94,7 +94,7 @@ def _adapt_points(
     spec: SineJobSpec, phi: Params, body: SineAdaptationCreate, config: InnerConfig
 ) -> Outcome:
     """Regression: adapt on the (x, y) points, then predict the query x."""
-    family = make_family(spec.task, **spec.task_options())
+    family = spec.family()
     support = Task(
         inputs=torch.tensor(body.support.x, dtype=torch.float32).unsqueeze(1),  # (n, 1)
         targets=torch.tensor(body.support.y, dtype=torch.float32).unsqueeze(1),

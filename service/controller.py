@@ -2,7 +2,11 @@
 
 Jobs run on a bounded thread pool (`max_concurrent_jobs`); each has its own Ray worker pool and
 MLflow tracker. Records are persisted under the data dir, so a restarted controller finds its
-jobs again and resumes interrupted ones from their last checkpoint.
+jobs again and resumes interrupted ones from their last checkpoint. Running one job is
+`service.runner`'s; adapting is `service.adaptation`'s.
+
+Past ~350 lines on purpose: every change of a job's record (submit, progress, cancel, resume,
+outcome) goes through this class's one lock, and adaptations read the same records and store.
 """
 
 import logging
@@ -21,6 +25,15 @@ from service import adaptation
 from service.adaptation import AdaptationError, Source, adaptation_config, image_shape
 from service.adaptation_schemas import AdaptationCreate
 from service.datasets import DatasetError
+from service.errors import (
+    ADAPTATION_RETRY_S,
+    JOB_RETRY_S,
+    Busy,
+    Conflict,
+    Invalid,
+    NotFound,
+    Unavailable,
+)
 from service.metrics import ServiceMetrics
 from service.records import AdaptationRecord, JobRecord, JobState, MlflowInfo, now
 from service.registry import ModelNotFound, Registry, RegistryError
@@ -38,34 +51,6 @@ from workers.memory import keep_freed_memory
 log = logging.getLogger(__name__)
 
 PERSIST_EVERY_S = 1.0  # progress is written to the record at most this often
-# Retry-After hints: an adaptation takes about a second, a job slot frees in minutes.
-ADAPTATION_RETRY_S = 1
-JOB_RETRY_S = 60
-
-
-class NotFound(LookupError):
-    """No job or adaptation with that id."""
-
-
-class Conflict(RuntimeError):
-    """The request does not fit the job's current state."""
-
-
-class Invalid(ValueError):
-    """The request is well-formed but cannot be served (e.g. more workers than the cluster has)."""
-
-
-class Unavailable(RuntimeError):
-    """The service cannot serve the request now: its disk is full, or the MLflow model
-    registry it needs cannot be reached."""
-
-
-class Busy(RuntimeError):
-    """The service is at one of its limits; the same request may succeed `retry_after_s` later."""
-
-    def __init__(self, message: str, retry_after_s: int) -> None:
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
 
 
 @dataclass

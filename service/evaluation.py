@@ -14,8 +14,7 @@ from typing import Protocol
 from reptile.evaluate import evaluate
 from reptile.inner import InnerConfig
 from reptile.params import Params
-from reptile.tasks import eval_task_seeds, make_family
-from reptile.tasks.sine import SineFamily
+from reptile.tasks import eval_task_seeds
 from service.plots import Drawing, prediction_grid_png, sine_fit_png
 from service.specs import AnyJobSpec, ImageJobSpec, SineJobSpec
 
@@ -35,7 +34,7 @@ class SineEvaluation:
     metric_prefix: str = "eval_mse"
 
     def __post_init__(self) -> None:
-        self.family = SineFamily(**self.spec.task_options())
+        self.family = self.spec.family()
         self.model = self.family.make_model()
         self.seeds = eval_task_seeds(self.spec.eval_tasks)
 
@@ -81,12 +80,8 @@ class FewShotEvaluation:
     metric_prefix: str = "eval_acc"
 
     def __post_init__(self) -> None:
-        self.shown = make_family(  # the family of the figure: the first K
-            self.spec.task,
-            **self.spec.task_options(self.dataset),
-            split="test",
-            eval_shots=self.spec.eval_shots[0],
-        )
+        # the family of the figure: the first K
+        self.shown = self.spec.family(self.dataset, held_out_shots=self.spec.eval_shots[0])
         self.seeds = eval_task_seeds(self.spec.eval_tasks)
 
     def __call__(self, phi: Params, done: int) -> tuple[dict[str, float], dict[str, Drawing]]:

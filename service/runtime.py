@@ -6,7 +6,6 @@ Shared by the controller and `reptile train`, so both run and log a job the same
 from collections.abc import Callable
 from pathlib import Path
 
-from reptile.tasks import make_family
 from service.datasets import DatasetError, prepare_image_folder, prepare_omniglot
 from service.settings import Settings
 from service.specs import AnyJobSpec, SineJobSpec
@@ -41,9 +40,9 @@ def prepare_dataset(settings: Settings, spec: AnyJobSpec) -> str | None:
     except OSError as error:  # a name too long, a folder it may not read, …
         raise DatasetError(f"data {spec.data!r} cannot be read: {error.strerror}") from error
     try:  # the splits must hold enough classes for N-way tasks: fail now, not in a worker
-        make_family(spec.task, **spec.task_options(str(prepared)))
+        spec.family(str(prepared))
         for k in spec.eval_shots:
-            make_family(spec.task, **spec.task_options(str(prepared)), split="test", eval_shots=k)
+            spec.family(str(prepared), held_out_shots=k)
     except ValueError as error:
         raise DatasetError(str(error)) from error
     return str(prepared)

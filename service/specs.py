@@ -21,6 +21,8 @@ from pydantic import (
 if TYPE_CHECKING:  # imported where used: API clients read specs without loading torch
     from reptile.inner import InnerConfig
     from reptile.meta import MetaConfig
+    from reptile.tasks.fewshot import FewShotFamily
+    from reptile.tasks.sine import SineFamily
 
 Optimizer = Literal["sgd", "adam"]
 
@@ -178,6 +180,12 @@ class SineJobSpec(_JobSpecBase):
         """Options of the task family (what an actor needs to rebuild tasks from seeds)."""
         return {"shots": self.shots, "eval_shots": self.eval_shots}
 
+    def family(self, dataset: str | None = None) -> "SineFamily":
+        """The job's task family (training and held-out tasks alike)."""
+        from reptile.tasks.sine import SineFamily
+
+        return SineFamily(**self.task_options())
+
     def eval_step_counts(self) -> list[int]:
         """Adaptation lengths scored at each evaluation: 1, k and eval_steps (and 0 = φ)."""
         return sorted({0, 1, self.inner_steps, self.eval_steps})
@@ -186,6 +194,7 @@ class SineJobSpec(_JobSpecBase):
 class _ImageJobSpec(_JobSpecBase):
     """N-way K-shot classification with Conv4, evaluated on held-out classes."""
 
+    task: str  # each family's own name (a Literal there)
     data: str = Field(
         min_length=1,
         max_length=4096,
@@ -209,7 +218,6 @@ class _ImageJobSpec(_JobSpecBase):
         description="Evaluate with batch norm over the whole query set (the paper); false: "
         "the support set plus one query at a time",
     )
-    inner_steps: int = Field(default=5, ge=1, le=1000, description="Inner steps per task (k)")
     inner_lr: FiniteFloat = Field(default=0.001, gt=0, le=100, description="Inner step size")
     inner_optimizer: Optimizer = Field(default="adam", description="Inner optimiser (β1 = 0)")
     outer_lr: FiniteFloat = Field(default=1.0, gt=0, le=100, description="ε at round 0")
@@ -241,6 +249,17 @@ class _ImageJobSpec(_JobSpecBase):
             options["held_out"] = tuple(self.held_out)
         return options
 
+    def family(self, dataset: str | None, *, held_out_shots: int | None = None) -> "FewShotFamily":
+        """The job's task family on its prepared data set: the training classes, or with
+        `held_out_shots` the held-out classes' tasks of that many shots."""
+        from reptile.tasks import make_family
+        from reptile.tasks.fewshot import FewShotFamily
+
+        split = {} if held_out_shots is None else {"split": "test", "eval_shots": held_out_shots}
+        family = make_family(self.task, **self.task_options(dataset), **split)
+        assert isinstance(family, FewShotFamily)
+        return family
+
 
 class OmniglotJobSpec(_ImageJobSpec):
     """Omniglot characters (28×28): held-out alphabets, rotations as extra training classes."""
@@ -250,7 +269,6 @@ class OmniglotJobSpec(_ImageJobSpec):
     rounds: int = Field(default=1000, ge=1, le=1_000_000, description="Meta-updates")
     eval_every: int = Field(default=1000, ge=0, le=1_000_000, description="Rounds between evals")
     eval_tasks: int = Field(default=50, ge=1, le=1000, description="Held-out tasks per eval")
-    checkpoint_every: int = Field(default=250, ge=1, le=1_000_000, description="Rounds/ckpt")
 
 
 class ImageFolderJobSpec(_ImageJobSpec):

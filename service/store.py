@@ -49,13 +49,6 @@ class Store:
             self.job_dir(record.id) / "record.json", record.model_dump_json(indent=2).encode()
         )
 
-    def load_job(self, job_id: str) -> JobRecord:
-        """The job's record; KeyError when there is none."""
-        path = self.job_dir(job_id) / "record.json"
-        if not path.exists():
-            raise KeyError(job_id)
-        return JobRecord.model_validate_json(path.read_bytes())
-
     def load_jobs(self) -> list[JobRecord]:
         """Every readable job record, oldest first (unreadable ones are skipped, not fatal)."""
         records = []

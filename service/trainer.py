@@ -18,7 +18,7 @@ import numpy as np
 from reptile.inner import InnerConfig
 from reptile.meta import MetaOptimizer, epsilon
 from reptile.params import Params, init_params, is_finite, scale
-from reptile.tasks import make_family, task_seeds
+from reptile.tasks import task_seeds
 from service.evaluation import evaluation_for
 from service.plots import Drawing, learning_curve_png
 from service.specs import AnyJobSpec
@@ -81,7 +81,7 @@ class MetaTrainer:
     figure_interval_s: float = 10.0
 
     def __post_init__(self) -> None:
-        self.family = make_family(self.spec.task, **self.spec.task_options(self.dataset))
+        self.family = self.spec.family(self.dataset)
         self.model = self.family.make_model()
         self.evaluation = evaluation_for(self.spec, self.dataset, self.runner.score_held_out)
         self.config = self.spec.meta_config()

@@ -20,12 +20,12 @@ from api.main import create_app
 from reptile.params import Params
 from service.adaptation import ImageShape, Source, adaptation_config
 from service.adaptation_schemas import AdaptationCreate, SineAdaptationCreate
-from service.controller import (
+from service.controller import Controller
+from service.errors import (
     ADAPTATION_RETRY_S,
     JOB_RETRY_S,
     Busy,
     Conflict,
-    Controller,
     Invalid,
     NotFound,
     Unavailable,

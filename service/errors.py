@@ -1,0 +1,30 @@
+"""What the service refuses, by kind: the API maps each kind to its HTTP status (api/errors.py)."""
+
+# Retry-After hints: an adaptation takes about a second, a job slot frees in minutes.
+ADAPTATION_RETRY_S = 1
+JOB_RETRY_S = 60
+
+
+class NotFound(LookupError):
+    """No job or adaptation with that id."""
+
+
+class Conflict(RuntimeError):
+    """The request does not fit the job's current state."""
+
+
+class Invalid(ValueError):
+    """The request is well-formed but cannot be served (e.g. more workers than the cluster has)."""
+
+
+class Unavailable(RuntimeError):
+    """The service cannot serve the request now: its disk is full, or the MLflow model
+    registry it needs cannot be reached."""
+
+
+class Busy(RuntimeError):
+    """The service is at one of its limits; the same request may succeed `retry_after_s` later."""
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
