@@ -44,8 +44,8 @@ class MetaOptimizer:
         self.names = sorted(phi)  # a canonical order, so saved optimiser state always lines up
         self.tensors = [phi[name].detach().clone().requires_grad_(True) for name in self.names]
         self.optimizer: torch.optim.Optimizer
-        # fused: one kernel for all of φ's tensors rather than ~10 ops per tensor (sine, Adam:
-        # 115 → 45 µs an update, ~1 % of a small round); the same arithmetic
+        # fused: one kernel for all of φ's tensors rather than ~10 ops per tensor; the same
+        # arithmetic
         if kind == "sgd":
             self.optimizer = torch.optim.SGD(self.tensors, lr=1.0, fused=True)
         else:

@@ -67,8 +67,8 @@ class _JobSpecBase(BaseModel):
     )
     compile_inner_loop: bool = Field(
         default=False,
-        description="torch.compile each actor's inner step: the same results, sine rounds up to "
-        "~2× faster, after 5–20 s of compiling when the job starts (for long jobs)",
+        description="torch.compile each actor's inner step: the same results, faster rounds "
+        "after a compile on each actor's first round (for long jobs)",
     )
     eval_every: int = Field(default=250, ge=0, le=1_000_000, description="Rounds between evals")
     eval_tasks: int = Field(default=32, ge=1, le=1000, description="Held-out tasks per eval")
@@ -160,8 +160,8 @@ class _JobSpecBase(BaseModel):
 class SineJobSpec(_JobSpecBase):
     """Sine-wave regression.
 
-    The defaults meta-train to a held-out 10-shot MSE far below a random initialisation's in a
-    few minutes on two CPU cores (README: numbers, and the Reptile blog's serial example).
+    The defaults meta-train to a held-out 10-shot MSE far below a random initialisation's
+    (docs/performance.md: quality, and the Reptile blog's serial example).
     """
 
     task: Literal["sine"] = Field(default="sine", description="Task family")
@@ -225,7 +225,8 @@ class _ImageJobSpec(_JobSpecBase):
     meta_batch_size: int = Field(default=5, ge=1, le=1024, description="Tasks per round")
     eval_steps: int = Field(default=50, ge=1, le=1000, description="Eval adaptation steps")
 
-    max_work: ClassVar[int] = 200_000  # a Conv4 step costs ~1000× an MLP step per example
+    # a Conv4 step costs far more than an MLP step per example
+    max_work: ClassVar[int] = 200_000
 
     @property
     def examples_per_task(self) -> int:
@@ -265,7 +266,8 @@ class OmniglotJobSpec(_ImageJobSpec):
     """Omniglot characters (28×28): held-out alphabets, rotations as extra training classes."""
 
     task: Literal["omniglot"] = Field(description="Task family")
-    # 1000 rounds × 5 tasks: ~14 min on 2 CPU cores with both evaluations (README: numbers).
+    # 1000 rounds × 5 tasks, not the paper's 100,000: a default job that trains a usable
+    # initialisation on a 2-core machine (docs/performance.md)
     rounds: int = Field(default=1000, ge=1, le=1_000_000, description="Meta-updates")
     eval_every: int = Field(default=1000, ge=0, le=1_000_000, description="Rounds between evals")
     eval_tasks: int = Field(default=50, ge=1, le=1000, description="Held-out tasks per eval")

@@ -242,8 +242,8 @@ class Tracker:
                     continue
                 item = drawn
             if isinstance(item, _Metrics):
-                # One write per interval, however fast the rounds: each SQLite log_batch costs
-                # ~10 ms of CPU, which at dozens of rounds per second competes with training.
+                # One write per interval, however fast the rounds: each store write costs CPU
+                # that training needs.
                 time.sleep(max(0.0, last_write + self._flush_interval_s - time.monotonic()))
                 item = self._merge_metrics(item)
             if self.run is not None:  # else MLflow refused the run: the records are dropped

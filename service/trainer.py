@@ -75,9 +75,8 @@ class MetaTrainer:
     resume: Checkpoint | None = None
     dataset: str | None = None  # an image job's prepared data set
     history: list[dict[str, float]] = field(default_factory=list)
-    # Figures are for people watching: redrawn at most this often, and at the last round. A
-    # sine job evaluating every ~1.5 s spent ~10 % of its time drawing (0.17 s a time, beside
-    # the rounds on the tracker's thread, but under the same GIL).
+    # Figures are for people watching: redrawn at most this often, and at the last round
+    # (drawing holds the GIL the rounds need).
     figure_interval_s: float = 10.0
 
     def __post_init__(self) -> None:
@@ -167,9 +166,8 @@ class MetaTrainer:
         return True
 
     def evaluate(self, done: int) -> dict[str, float]:
-        """Score φ on the held-out tasks, log the numbers and, when due, hand the figures to
-        the sink, which draws them later: drawing them here (~0.2 s for sine) held up the
-        rounds, 15 % of a 2,000-round sine job's time at the default `eval_every`."""
+        """Score φ on the held-out tasks, log the numbers and, when due, hand the figures to the
+        sink, which draws them off the job's thread."""
         metrics, figures = self.evaluation(self.phi, done)
         self.sink.log_metrics(metrics, step=done)
         self.history.append({"round": float(done), **metrics})

@@ -15,7 +15,7 @@ def connect(address: str | None, num_cpus: int | None = None) -> None:
 
     Local Ray ≥ 2.59 turns on token authentication and writes its token to ~/.ray/auth_token;
     the service keeps that default. Clusters set RAY_AUTH_MODE=token and the same token on every
-    node (see the README).
+    node (the README's configuration section).
     """
     if ray.is_initialized():
         return

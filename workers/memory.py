@@ -3,9 +3,8 @@
 glibc's malloc serves every allocation above 128 KiB (each Conv4 activation, each weight stacked
 over a chunk's tasks) with a fresh `mmap` and unmaps it when freed, so every inner step
 page-faults all of its buffers in again. Raising the thresholds serves them from the heap, where
-freed buffers are reused from one step to the next: Conv4 inner steps ran 1.5–1.9× faster on this
-project's 2-core machine (77–80 against 113–149 ms a task), on one thread either way. The price
-is that a process keeps its peak heap; actors and the controller live for a job or longer anyway.
+freed buffers are reused from one step to the next (docs/performance.md). The price is that a
+process keeps its peak heap; actors and the controller live for a job or longer anyway.
 """
 
 import ctypes

@@ -177,10 +177,9 @@ class WorkerPool:
         """φ for the requests and the calls' extra arguments: a small φ rides inline in each
         request (no extra argument), a large one goes as its object-store reference.
 
-        A large φ goes in the object store once per round, read zero-copy by every actor; a
-        small one (the sine MLP's) rides inline, as Ray itself does with small arguments: that
-        skips two object-store round trips. (No φ argument at all then: even a None costs Ray
-        something to carry.)
+        A large φ is put in the object store once per round, read zero-copy by every actor; a
+        small one rides inline as Ray does with small arguments, skipping two object-store round
+        trips.
         """
         arrays = to_numpy(phi)
         if sum(array.nbytes for array in arrays.values()) <= INLINE_PHI_BYTES:

@@ -25,19 +25,9 @@ from service.specs import AnyJobSpec, parse_spec
 
 
 def quiet_openmp() -> None:
-    """Let idle OpenMP threads sleep soon in this process; call it before torch is imported.
-
-    The controller shares the machine with its local actors. At libgomp's default spin count
-    the helper thread of each torch op the controller ran on two threads (the meta-update,
-    checks) spun on after it, at 80–90 % of a core during a sine job, on a core an actor
-    needed: with 2 actors on 2 cores a round of 32 tasks took a median 8–15 ms through
-    `reptile serve`, against 6.5–7.4 ms once idle threads slept. Not at once, though
-    (OMP_WAIT_POLICY=PASSIVE): MKL runs even a 10×64 matmul on both threads, and waking a
-    sleeping one cost ~50 µs an op, which made a sine adaptation 2.8× slower (15 against
-    5.5 ms) and a sine evaluation's inner loops ~1.5×. With 1,000 spins before it sleeps
-    (measured on 2 cores): a sine adaptation 7.5 ms, a Conv4 one (5-way 5-shot, 50 Adam
-    steps) 0.64–0.92 s against 0.93–1.08 s with PASSIVE, the same round times, and a thread
-    idle between rounds at ~7 % of a core. A wait policy or spin count set by the user is kept.
+    """Let idle OpenMP threads sleep after a short spin (`GOMP_SPINCOUNT=1000`) unless the user
+    set a wait policy or spin count: the controller shares the cores with its actors, and
+    sleeping at once (`OMP_WAIT_POLICY=PASSIVE`) slows its small ops. Call before torch loads.
     """
     if "OMP_WAIT_POLICY" not in os.environ:
         os.environ.setdefault("GOMP_SPINCOUNT", "1000")
@@ -46,11 +36,9 @@ def quiet_openmp() -> None:
 def _mlflow_ui(settings: Settings, port: int) -> subprocess.Popen[bytes]:
     """Start the MLflow UI on the service's store (a local SQLite file and artifact folder).
 
-    Lean, as it shares the machine with the actors: one web worker (for one user's browser)
-    and without MLflow's job runner (GenAI scoring and trace jobs, which this service does
-    not use; the user may turn it back on). With MLflow's defaults it was 15 processes and
-    3.1 GiB resident, and took ~35 s of CPU in its first 40 s, beside the first job; lean,
-    2 processes, 0.5 GiB, and 6 s of CPU.
+    Lean, as it shares the machine with the actors: one web worker (for one user's browser) and
+    without MLflow's job runner (GenAI scoring and trace jobs, which this service does not use;
+    the user's `MLFLOW_SERVER_ENABLE_JOB_EXECUTION` wins).
     """
     from mlflow import MlflowClient
 

@@ -42,7 +42,7 @@ def _draw(seeds: list[int], shots: int) -> tuple[Tensor, Tensor, Tensor]:
 
     Each task's 2 + shots uniforms come from a generator seeded with its own seed alone, in one
     call, so a task is the same in any chunk; the scaling to the paper's ranges then runs for
-    all tasks at once (per-task tensor ops were 80 % of sampling a chunk).
+    all tasks at once (per-task tensor ops would dominate sampling a chunk).
     """
     generator = torch.Generator()
     uniform = torch.stack(
@@ -71,7 +71,8 @@ class SineFamily:
     shots: int = 50
     eval_shots: int = 10
     name: str = "sine"
-    batching: Batching = "stacked"  # a tiny MLP: batched matmuls beat a loop over tasks ~10×
+    # a tiny MLP: one batched matmul per layer for all tasks, not a loop over them
+    batching: Batching = "stacked"
 
     def make_model(self) -> nn.Module:
         return sine_mlp()
@@ -88,8 +89,8 @@ class SineFamily:
         written out for weights stacked over tasks, (tasks, out, in) and (tasks, out) per layer,
         and inputs and targets (tasks, n, 1).
 
-        The same numbers as autograd (tests/unit/test_inner.py), in a third less time a step:
-        on this tiny model autograd's graph and engine cost more than the arithmetic.
+        The same numbers as autograd (tests/unit/test_inner.py), without its graph and engine,
+        which cost more than the arithmetic on this tiny model.
         """
         layers = sorted({name.split(".")[0] for name in weights}, key=int)  # "0", "2", "4"
         activations = [inputs]  # each layer's input
