@@ -290,8 +290,10 @@ class Tracker:
 
 
 def run_url(ui_url: str, run: RunRef) -> str:
-    """The link to a run in the MLflow UI."""
-    return f"{ui_url.rstrip('/')}/#/experiments/{run.experiment_id}/runs/{run.run_id}"
+    """The link to a run in the MLflow UI, in its model-training view (the MLflow 3 UI opens
+    the GenAI one unless the link asks, whatever the experiment's kind)."""
+    run_page = f"{ui_url.rstrip('/')}/#/experiments/{run.experiment_id}/runs/{run.run_id}"
+    return f"{run_page}?workflowType=machine_learning"
 
 
 __all__ = ["ModelVersionRef", "RunRef", "Tracker", "run_url"]

@@ -59,6 +59,7 @@ def test_a_job_runs_end_to_end_and_lands_in_mlflow(server: Server) -> None:
         assert mlflow["status"] == "ok" and mlflow["run_id"]
         assert mlflow["ui_url"].endswith(
             f"#/experiments/{mlflow['experiment_id']}/runs/{mlflow['run_id']}"
+            "?workflowType=machine_learning"
         )
 
         weights = client.get(f"/v1/jobs/{job['id']}/weights")

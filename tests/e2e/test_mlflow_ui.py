@@ -127,6 +127,19 @@ def test_the_job_link_opens_its_run_with_every_metric(
         assert name in text, name
 
 
+def test_the_job_link_asks_for_the_model_training_view(
+    finished: JobPublic, mlflow_ui: str, tmp_path: Path
+) -> None:
+    url = finished.mlflow.ui_url or ""
+    run_page, _, view = url.partition("?")
+    assert view == "workflowType=machine_learning"
+    # the experiment's page in that view lists its training runs, not the GenAI overview
+    experiment = run_page.partition("/runs/")[0]
+    text = _text(_chromium(f"{experiment}?{view}", tmp_path / "profile", "--dump-dom"))
+    assert "Run Name" in text and "ui-test" in text
+    assert "Observability" not in text
+
+
 def _line_blue(screenshot: Path) -> int:
     """Pixels of the charts' saturated blue lines and markers (a page without charts has few)."""
     r, g, b = np.asarray(Image.open(screenshot).convert("RGB")).astype(int).transpose(2, 0, 1)
@@ -136,7 +149,8 @@ def _line_blue(screenshot: Path) -> int:
 def test_a_screenshot_of_the_runs_metric_charts(
     finished: JobPublic, mlflow_ui: str, tmp_path: Path
 ) -> None:
-    url = f"{finished.mlflow.ui_url}/model-metrics"
+    run_page, _, view = (finished.mlflow.ui_url or "").partition("?")
+    url = f"{run_page}/model-metrics?{view}"
     profile = tmp_path / "profile"
     names = sorted([*finished.metrics, *finished.evaluation])
     # charts load lazily (plotly); on a busy machine a first visit may still show spinners

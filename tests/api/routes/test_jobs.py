@@ -141,7 +141,9 @@ def test_a_finished_job_shows_what_a_user_follows(
     assert job["error"] is None and job["metrics"] == {"meta_loss_after": 0.25}
     run_id = job["mlflow"]["run_id"]
     assert run_id == done.mlflow.run_id
-    assert job["mlflow"]["ui_url"] == f"{settings.mlflow_ui_url}/#/experiments/1/runs/{run_id}"
+    assert job["mlflow"]["ui_url"] == (
+        f"{settings.mlflow_ui_url}/#/experiments/1/runs/{run_id}?workflowType=machine_learning"
+    )
     assert job["mlflow"]["model_uri"] == "models:/reptile-sine/1"
     job = client.get(f"/v1/jobs/{failed.id}").json()
     assert job["state"] == "failed" and job["error"] == "FloatingPointError: x"
