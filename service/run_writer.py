@@ -63,15 +63,15 @@ class RunWriter:
         run_name: str,
         params: dict[str, Any],
         tags: dict[str, str],
-        run: RunRef | None,
-        on_run: Callable[[RunRef], None],
-        on_model: Callable[[ModelVersionRef], None],
-        retry_seconds: float,
+        run: RunRef | None = None,
+        on_run: Callable[[RunRef], None] = lambda run: None,
+        on_model: Callable[[ModelVersionRef], None] = lambda model: None,
+        retry_seconds: float = 2.0,
     ) -> None:
         self._client = MlflowClient(tracking_uri=tracking_uri)
         self._experiment = experiment
         self._artifact_location = artifact_location
-        self._run_name = run_name
+        self.run_name = run_name
         self._params = params
         self._tags = tags
         self._on_run = on_run
@@ -100,7 +100,7 @@ class RunWriter:
         try:
             experiment_id = self._retrying(self._experiment_id)
             run = self._retrying(
-                lambda: self._client.create_run(experiment_id, run_name=self._run_name)
+                lambda: self._client.create_run(experiment_id, run_name=self.run_name)
             )
         except MlflowException as error:  # only what MLflow refuses for good gets this far
             self._refused("the run", error)

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from service.datasets import DatasetError, prepare_image_folder, prepare_omniglot
+from service.run_writer import RunWriter
 from service.settings import Settings
 from service.specs import AnyJobSpec, SineJobSpec
 from service.tracking import ModelVersionRef, RunRef, Tracker
@@ -80,15 +81,15 @@ def make_tracker(
     """The job's MLflow run in the experiment `reptile-<task>`; every spec field is a param."""
     uri = settings.tracking_uri
     local = uri.startswith(("sqlite:", "file:")) or "://" not in uri
-    return Tracker(
+    writer = RunWriter(
         tracking_uri=uri,
         experiment=f"reptile-{spec.task}",
         artifact_location=f"{settings.artifact_root}/{spec.task}" if local else None,
         run_name=run_name,
         params=spec.model_dump(),
         tags={"service": "reptile", **tags},
-        staging_dir=staging_dir,
         run=run,
         on_run=on_run,
         on_model=on_model,
     )
+    return Tracker(writer, staging_dir)

@@ -20,7 +20,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from mlflow.entities import Metric
 
@@ -83,33 +82,11 @@ class Tracker:
     """The MLflow run of one job; thread-safe to call from the training thread."""
 
     def __init__(
-        self,
-        *,
-        tracking_uri: str,
-        experiment: str,
-        artifact_location: str | None,
-        run_name: str,
-        params: dict[str, Any],
-        tags: dict[str, str],
-        staging_dir: Path,
-        run: RunRef | None = None,
-        on_run: Callable[[RunRef], None] = lambda run: None,
-        on_model: Callable[[ModelVersionRef], None] = lambda model: None,
-        retry_seconds: float = 2.0,
-        flush_interval_s: float = 1.0,
+        self, writer: RunWriter, staging_dir: Path, *, flush_interval_s: float = 1.0
     ) -> None:
-        self._writer = RunWriter(
-            tracking_uri=tracking_uri,
-            experiment=experiment,
-            artifact_location=artifact_location,
-            run_name=run_name,
-            params=params,
-            tags=tags,
-            run=run,
-            on_run=on_run,
-            on_model=on_model,
-            retry_seconds=retry_seconds,
-        )
+        """`writer` does the MLflow writes on this tracker's thread; `staging_dir` holds the
+        metrics journal and staged artifacts."""
+        self._writer = writer
         self._staging_dir = staging_dir
         self._flush_interval_s = flush_interval_s
         self._queue: queue.Queue[_Record | _Figure | _Mark] = queue.Queue()
@@ -122,7 +99,9 @@ class Tracker:
             self._last_step[metric.key] = max(metric.step, self._last_step.get(metric.key, -1))
         for entry in entries[self._applied :]:
             self._queue.put(_Metrics(entry))
-        self._thread = threading.Thread(target=self._work, name=f"mlflow-{run_name}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._work, name=f"mlflow-{writer.run_name}", daemon=True
+        )
         self._thread.start()
 
     @property

@@ -19,6 +19,7 @@ from reptile.tasks.fewshot import fewshot_model
 from service.adaptation import ImageShape, Source, adapt
 from service.adaptation_schemas import ImageAdaptationCreate, SineAdaptationCreate
 from service.registry import ModelNotFound, Registry, RegistryError, register
+from service.run_writer import RunWriter
 from service.specs import OmniglotJobSpec, SineJobSpec
 from service.tracking import Tracker
 
@@ -29,15 +30,15 @@ QUERY_X = [-1.0, 0.5, 2.0]
 
 def _registered(uri: str, tmp_path: Path, source: Source, evaluation: dict[str, float]) -> str:
     """Register `source` the way a succeeded job does; returns its models:/ URI."""
-    tracker = Tracker(
+    writer = RunWriter(
         tracking_uri=uri,
         experiment=f"reptile-{source.spec.task}",
         artifact_location=(tmp_path / "artifacts").as_uri(),
         run_name="registry-test",
         params={},
         tags={"job_id": source.job_id},
-        staging_dir=tmp_path / "staging",
     )
+    tracker = Tracker(writer, tmp_path / "staging")
     register(tracker, source, evaluation)
     assert tracker.finish("FINISHED", timeout=120)
     assert tracker.model is not None

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from mlflow import MlflowClient
 
-from service.run_writer import EXPERIMENT_KIND_TAG
+from service.run_writer import EXPERIMENT_KIND_TAG, RunWriter
 from service.tracking import RunRef, Tracker
 from tests.utils.mlflow_server import MlflowServer
 from tests.utils.net import free_port, wait_until
@@ -23,16 +23,16 @@ def _tracker(
         "experiment": "reptile-test",
         "params": {"rounds": 3, "inner_lr": 0.02},
     }
-    return Tracker(
+    writer = RunWriter(
         tracking_uri=uri,
         artifact_location=artifacts,
         run_name="t",
         tags={"job_id": "x"},
-        staging_dir=tmp_path / "staging",
         retry_seconds=0.2,
         run=run,
         **(arguments | options),
     )
+    return Tracker(writer, tmp_path / "staging")
 
 
 def _save(directory: Path) -> None:  # any directory registers; the pyfunc is tested elsewhere
