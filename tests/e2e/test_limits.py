@@ -1,4 +1,5 @@
-"""Limits through a real server: oversized bodies, too much work, too many adaptations or jobs.
+"""Limits through a real server: too much work, too many adaptations or jobs (oversized bodies:
+tests/api/test_limits.py).
 
 Each is a clear 4xx (429 with Retry-After where waiting helps), never an overloaded server.
 """
@@ -13,7 +14,6 @@ import pytest
 
 from tests.utils.server import Server, start_server, wait_for_state
 
-MAX_BODY = 64 * 1024
 SMALL = {"rounds": 3, "meta_batch_size": 2, "eval_every": 0, "eval_tasks": 1, "num_workers": 1}
 ENDLESS = {"rounds": 1_000_000, "meta_batch_size": 1, "eval_every": 0, "num_workers": 1}
 
@@ -22,33 +22,11 @@ ENDLESS = {"rounds": 1_000_000, "meta_batch_size": 1, "eval_every": 0, "num_work
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     running = start_server(
         Path(tmp_path_factory.mktemp("limits")),
-        REPTILE_MAX_BODY_BYTES=str(MAX_BODY),
         REPTILE_MAX_CONCURRENT_ADAPTATIONS="1",
         REPTILE_MAX_PENDING_JOBS="2",
     )
     yield running
     running.stop()
-
-
-def test_a_body_over_the_limit_is_a_413_declared_or_streamed(server: Server) -> None:
-    too_big = b"x" * (MAX_BODY + 1)
-    headers = {"content-type": "application/json"}
-
-    def chunks() -> Iterator[bytes]:  # no Content-Length: sent chunked, counted as it arrives
-        for start in range(0, len(too_big), 8192):
-            yield too_big[start : start + 8192]
-
-    with server.client() as client:
-        for content in (too_big, chunks()):
-            response = client.post("/v1/jobs", content=content, headers=headers)
-            assert response.status_code == 413, response.text
-            assert response.json() == {
-                "detail": f"request body exceeds the {MAX_BODY}-byte limit of this server"
-            }
-        # just under the limit, the body reaches validation as usual
-        response = client.post("/v1/jobs", content=too_big[:-1], headers=headers)
-        assert response.status_code == 422 and "JSON" in response.text
-        assert client.get("/v1/jobs").json()["count"] == 0
 
 
 def test_specs_and_adaptations_bound_the_work_they_ask_for(server: Server) -> None:
