@@ -26,8 +26,6 @@ from service.adaptation import AdaptationError, Source, adaptation_config, image
 from service.adaptation_schemas import AdaptationCreate
 from service.datasets import DatasetError
 from service.errors import (
-    ADAPTATION_RETRY_S,
-    JOB_RETRY_S,
     Busy,
     Conflict,
     Invalid,
@@ -177,11 +175,7 @@ class Controller:
         with self._lock:
             pending = sum(not r.state.terminal for r in self._records.values())
         if pending >= self.settings.max_pending_jobs:
-            raise Busy(
-                f"{pending} jobs are queued or running, the limit of this service; "
-                "retry when one has finished",
-                JOB_RETRY_S,
-            )
+            raise Busy.jobs_pending(pending)
 
     def weights(self, job_id: str) -> tuple[Params, int]:
         """The current meta-weights and the round they belong to."""
@@ -255,11 +249,7 @@ class Controller:
                 f"example-steps exceeds this service's limit of {spec.max_work:,}"
             )
         if not self._adaptation_slots.acquire(blocking=False):
-            raise Busy(
-                f"{self.settings.max_concurrent_adaptations} adaptations are running, the "
-                "limit of this service; retry in a moment",
-                ADAPTATION_RETRY_S,
-            )
+            raise Busy.adaptations_running(self.settings.max_concurrent_adaptations)
         try:
             yield
         finally:

@@ -28,3 +28,20 @@ class Busy(RuntimeError):
     def __init__(self, message: str, retry_after_s: int) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+    @classmethod
+    def jobs_pending(cls, pending: int) -> "Busy":
+        """`pending` jobs are queued or running: the `max_pending_jobs` limit."""
+        return cls(
+            f"{pending} jobs are queued or running, the limit of this service; "
+            "retry when one has finished",
+            JOB_RETRY_S,
+        )
+
+    @classmethod
+    def adaptations_running(cls, limit: int) -> "Busy":
+        """`limit` adaptations are running: the `max_concurrent_adaptations` limit."""
+        return cls(
+            f"{limit} adaptations are running, the limit of this service; retry in a moment",
+            ADAPTATION_RETRY_S,
+        )

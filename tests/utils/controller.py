@@ -22,8 +22,6 @@ from service.adaptation import ImageShape, Source, adaptation_config
 from service.adaptation_schemas import AdaptationCreate, SineAdaptationCreate
 from service.controller import Controller
 from service.errors import (
-    ADAPTATION_RETRY_S,
-    JOB_RETRY_S,
     Busy,
     Conflict,
     Invalid,
@@ -185,11 +183,7 @@ class InMemoryController:
         """Keep φ and predict without training: every query gets the support's mean value
         (regression) or its first label, all labels equally likely (classification)."""
         if self.adaptations_running >= self.settings.max_concurrent_adaptations:
-            raise Busy(
-                f"{self.settings.max_concurrent_adaptations} adaptations are running, the "
-                "limit of this service; retry in a moment",
-                ADAPTATION_RETRY_S,
-            )
+            raise Busy.adaptations_running(self.settings.max_concurrent_adaptations)
         self.adapted.append(Adapted(source, body))
         predictions: list[float] | list[ClassPrediction]
         if isinstance(body, SineAdaptationCreate):
@@ -232,11 +226,7 @@ class InMemoryController:
     def _check_capacity(self) -> None:
         pending = sum(not r.state.terminal for r in self._jobs.values())
         if pending >= self.settings.max_pending_jobs:
-            raise Busy(
-                f"{pending} jobs are queued or running, the limit of this service; "
-                "retry when one has finished",
-                JOB_RETRY_S,
-            )
+            raise Busy.jobs_pending(pending)
 
     def _check_disk(self, what: str) -> None:
         if self.disk_full:
