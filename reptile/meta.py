@@ -14,7 +14,7 @@ from typing import Any, Literal
 import torch
 
 from reptile.inner import InnerConfig
-from reptile.params import Params
+from reptile.params import Params, is_finite, scale
 
 OuterOptimizer = Literal["sgd", "adam"]
 
@@ -65,9 +65,37 @@ class MetaOptimizer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
+    def restore(self, phi: Params, state: dict[str, Any]) -> None:
+        """Take φ and the optimiser state from elsewhere (an actor that ran rounds)."""
+        with torch.no_grad():
+            for name, tensor in zip(self.names, self.tensors, strict=True):
+                tensor.copy_(phi[name])
+        self.optimizer.load_state_dict(state)
+
     def state_dict(self) -> dict[str, Any]:
         """A snapshot of the optimiser state (a copy: later steps do not change it)."""
         return copy.deepcopy(self.optimizer.state_dict())
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state)
+
+
+def meta_update(
+    meta: MetaOptimizer,
+    delta_sum: Params,
+    count: int,
+    loss_after: torch.Tensor,
+    round_index: int,
+    config: MetaConfig,
+) -> float | None:
+    """Round `round_index`'s update φ ← φ + ε · Σ_i(W_i − φ) / count; returns ε, or None with φ
+    untouched when the mean delta or the adapted losses are not finite (a diverging job).
+
+    The one meta-update, wherever the round's deltas were summed (the controller or an actor).
+    """
+    mean_delta = scale(delta_sum, 1.0 / count)
+    if not (is_finite(mean_delta) and bool(torch.isfinite(loss_after).all())):
+        return None
+    eps = epsilon(round_index, config)
+    meta.step(mean_delta, eps)
+    return eps

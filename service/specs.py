@@ -18,6 +18,8 @@ from pydantic import (
     model_validator,
 )
 
+from service.execution import Execution
+
 if TYPE_CHECKING:  # imported where used: API clients read specs without loading torch
     from reptile.inner import InnerConfig
     from reptile.meta import MetaConfig
@@ -69,6 +71,13 @@ class _JobSpecBase(BaseModel):
         default=False,
         description="torch.compile each actor's inner step: the same results, faster rounds "
         "after a compile on each actor's first round (for long jobs)",
+    )
+    execution: Execution = Field(
+        default="auto",
+        description="How rounds run: split (each round's tasks over the num_workers actors, the "
+        "meta-update in the controller), in_actor (whole rounds in one actor, many per call, the "
+        "others given back: for rounds too small to split), or auto (the faster of the two, "
+        "measured on the job's first rounds). The same φ either way",
     )
     eval_every: int = Field(default=250, ge=0, le=1_000_000, description="Rounds between evals")
     eval_tasks: int = Field(default=32, ge=1, le=1000, description="Held-out tasks per eval")

@@ -1,8 +1,9 @@
 """The meta-training loop of one job, shared by the server and `reptile train`.
 
-One readable loop per round, in sections: seeds → dispatch → collect → meta-update → log →
-evaluate → checkpoint → stop check. Collaborators (the worker pool, the tracker) are passed in,
-so the loop runs the same with Ray or with small stand-ins.
+One readable loop, in sections: rounds (split over the actors: seeds → dispatch → collect →
+meta-update; or whole rounds in one actor, `service.execution`) → log → evaluate → checkpoint →
+stop check. Collaborators (the worker pool, the tracker) are passed in, so the loop runs the same
+with Ray or with small stand-ins.
 """
 
 import logging
@@ -11,30 +12,46 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
+import torch
 
 from reptile.inner import InnerConfig
-from reptile.meta import MetaOptimizer, epsilon
-from reptile.params import Params, init_params, is_finite, scale
+from reptile.meta import MetaConfig, MetaOptimizer, meta_update
+from reptile.params import Params, from_numpy, init_params
 from reptile.tasks import task_seeds
 from service.evaluation import evaluation_for
+from service.execution import ExecutionPlan
 from service.plots import Drawing, learning_curve_png
 from service.specs import AnyJobSpec
 from service.weights import Checkpoint, write_checkpoint
+from workers.actor import RoundsOutput
 from workers.pool import RoundOutput
 
 log = logging.getLogger(__name__)
 
 
 class RoundRunner(Protocol):
-    """Runs the inner loops of one round, and scores an image job's held-out tasks (the Ray
-    `WorkerPool`, or a stand-in in tests)."""
+    """Runs the inner loops of one round, or whole rounds, and scores an image job's held-out
+    tasks (the Ray `WorkerPool`, or a stand-in in tests)."""
 
     def run_round(
         self, phi: Params, seeds: list[int], config: InnerConfig, *, compile: bool
     ) -> RoundOutput: ...
+
+    def run_rounds(
+        self,
+        phi: Params,
+        optimizer_state: dict[str, Any],
+        seed: int,
+        rounds: range,
+        config: MetaConfig,
+        *,
+        compile: bool,
+    ) -> RoundsOutput: ...
+
+    def keep(self, count: int) -> None: ...
 
     def score_held_out(
         self, phi: Params, seeds: list[int], shots: int, config: InnerConfig, transductive: bool
@@ -50,9 +67,22 @@ class MetricsSink(Protocol):
 
     def log_figure(self, draw: Drawing, artifact_path: str) -> None: ...
 
+    def set_tag(self, key: str, value: str) -> None: ...
+
 
 class Divergence(RuntimeError):
     """The meta-loss or the weights stopped being finite; φ was not updated."""
+
+
+@dataclass(frozen=True)
+class RoundNumbers:
+    """What one completed round measured, whichever plan ran it."""
+
+    loss_before: np.ndarray  # (tasks,)
+    loss_after: np.ndarray  # (tasks,)
+    epsilon: float
+    compute_seconds: float
+    work_seconds: float  # Σ over the round's calls' inner loops (in_actor: compute_seconds)
 
 
 @dataclass(frozen=True)
@@ -98,6 +128,8 @@ class MetaTrainer:
         self.round = self.start_round  # rounds completed
         self.checkpointed = self.start_round  # the round of the checkpoint on disk
         self.figures_drawn_at: float | None = None  # time.monotonic() of the last figures
+        self.plan = ExecutionPlan(self.spec.execution, self.spec.num_workers)
+        self.diverged = False  # the last round tried had a non-finite update
 
     def run(self, should_stop: Callable[[], bool] = lambda: False) -> bool:
         """Train until the last round (returns True) or until `should_stop()` (returns False).
@@ -121,36 +153,38 @@ class MetaTrainer:
             raise
 
     def _rounds(self, should_stop: Callable[[], bool]) -> bool:
-        spec, inner = self.spec, self.config.inner
-        for round_index in range(self.start_round, spec.rounds):
-            done = round_index + 1
+        spec = self.spec
+        if self.plan.chosen is not None:
+            self._plan_chosen()
+        while self.round < spec.rounds:
+            # rounds: the next one split over the actors, or several whole ones in one actor
+            plan, stop = self.plan.next(self.round, self._boundary())
             started = time.perf_counter()
-            # seeds: a function of (job seed, round) only, whatever the number of workers
-            seeds = task_seeds(spec.seed, round_index, spec.meta_batch_size)
-            # dispatch + collect: Σ(W_i − φ) over the round's tasks, from the actors
-            result = self.runner.run_round(self.phi, seeds, inner, compile=spec.compile_inner_loop)
-            # meta-update: φ ← φ + ε · mean(W_i − φ) (or Adam on the pseudo-gradient)
-            mean_delta = scale(result.delta_sum, 1.0 / result.count)
-            if not (is_finite(mean_delta) and np.isfinite(result.loss_after).all()):
-                raise Divergence(
-                    f"meta-loss became non-finite in round {done}; φ kept from round {round_index}"
-                )
-            eps = epsilon(round_index, self.config)
-            self.meta.step(mean_delta, eps)
-            self.phi = self.meta.phi
-            self.round = done
-            # log
+            rounds = self._split_round() if plan == "split" else self._in_actor(stop)
             seconds = time.perf_counter() - started
-            metrics = {
-                "meta_loss_before": float(result.loss_before.mean()),
-                "meta_loss_after": float(result.loss_after.mean()),
-                "epsilon": eps,
-                "tasks_per_s": result.count / seconds,
-                "round_seconds": seconds,
-                "compute_seconds": result.compute_seconds,
-            }
-            self.sink.log_metrics(metrics, step=done)
-            # evaluate, checkpoint, stop
+            work = sum(numbers.work_seconds for numbers in rounds)
+            if rounds and self.plan.measured(plan, len(rounds), seconds, work):
+                self._plan_chosen()
+            # log: each round its own step, the call's time shared between its rounds
+            for index, numbers in enumerate(rounds, start=self.round - len(rounds) + 1):
+                metrics = {
+                    "meta_loss_before": float(numbers.loss_before.mean()),
+                    "meta_loss_after": float(numbers.loss_after.mean()),
+                    "epsilon": numbers.epsilon,
+                    "tasks_per_s": len(numbers.loss_after) * len(rounds) / seconds,
+                    "round_seconds": seconds / len(rounds),
+                    "compute_seconds": numbers.compute_seconds,
+                }
+                self.sink.log_metrics(metrics, step=index)
+                if index < self.round or self.diverged:  # the last: after its evaluation
+                    self.on_progress(Progress(index, metrics))
+            if self.diverged:
+                raise Divergence(
+                    f"meta-loss became non-finite in round {self.round + 1}; "
+                    f"φ kept from round {self.round}"
+                )
+            # evaluate, checkpoint, stop (a call's rounds end at the next of these)
+            done = self.round
             last = done == spec.rounds
             evaluation = None
             if last or (spec.eval_every and done % spec.eval_every == 0):
@@ -164,6 +198,78 @@ class MetaTrainer:
             if stopping:
                 return False
         return True
+
+    def _boundary(self) -> int:
+        """The next round that evaluates or checkpoints, or the last."""
+        done, spec = self.round, self.spec
+        due = [spec.rounds, done + spec.checkpoint_every - done % spec.checkpoint_every]
+        if spec.eval_every:
+            due.append(done + spec.eval_every - done % spec.eval_every)
+        return min(due)
+
+    def _plan_chosen(self) -> None:
+        """Tag the run with the plan; an in_actor job gives back the actors it does not use."""
+        summary = self.plan.summary()
+        log.info("rounds run %s", summary)
+        self.sink.set_tag("execution", summary)
+        if self.plan.chosen == "in_actor":
+            self.runner.keep(1)
+
+    def _split_round(self) -> list[RoundNumbers]:
+        """One round: its tasks over the actors, Σ(W_i − φ) back, the meta-update here."""
+        round_index, spec = self.round, self.spec
+        # seeds: a function of (job seed, round) only, whatever the number of workers
+        seeds = task_seeds(spec.seed, round_index, spec.meta_batch_size)
+        result = self.runner.run_round(
+            self.phi, seeds, self.config.inner, compile=spec.compile_inner_loop
+        )
+        eps = meta_update(
+            self.meta,
+            result.delta_sum,
+            result.count,
+            torch.from_numpy(result.loss_after),
+            round_index,
+            self.config,
+        )
+        if eps is None:
+            self.diverged = True
+            return []
+        self.phi = self.meta.phi
+        self.round += 1
+        return [
+            RoundNumbers(
+                result.loss_before,
+                result.loss_after,
+                eps,
+                result.compute_seconds,
+                result.work_seconds,
+            )
+        ]
+
+    def _in_actor(self, stop: int) -> list[RoundNumbers]:
+        """Whole rounds up to `stop` in one actor, from φ and the outer optimiser's state."""
+        output = self.runner.run_rounds(
+            self.phi,
+            self.meta.state_dict(),
+            self.spec.seed,
+            range(self.round, stop),
+            self.config,
+            compile=self.spec.compile_inner_loop,
+        )
+        self.meta.restore(from_numpy(output.phi), output.optimizer_state)
+        self.phi = self.meta.phi
+        self.round += output.completed
+        self.diverged = output.diverged
+        return [
+            RoundNumbers(before, after, eps, compute, compute)
+            for before, after, eps, compute in zip(
+                output.loss_before,
+                output.loss_after,
+                output.epsilons,
+                output.compute_seconds,
+                strict=True,
+            )
+        ]
 
     def evaluate(self, done: int) -> dict[str, float]:
         """Score φ on the held-out tasks, log the numbers and, when due, hand the figures to the

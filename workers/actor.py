@@ -1,4 +1,5 @@
-"""The inner-loop actor: a thin, stateless shell around `reptile.inner.run_tasks`.
+"""The inner-loop actor: a thin, stateless shell around `reptile.inner.run_tasks` (a chunk of
+one round's tasks) and `reptile.rounds.run_rounds` (whole rounds, the meta-update included).
 
 It holds only what can be rebuilt at any time (the task family, a model skeleton and the inner
 step of each inner configuration it has run, compiled once where the job asks), so a restarted
@@ -25,7 +26,9 @@ import torch
 
 from reptile.evaluate import held_out_accuracies
 from reptile.inner import InnerConfig, InnerStep, batched_step, run_tasks
+from reptile.meta import MetaConfig, MetaOptimizer
 from reptile.params import from_numpy, to_numpy
+from reptile.rounds import run_rounds
 from reptile.tasks import TaskFamily, make_family
 from workers.memory import keep_freed_memory
 
@@ -71,6 +74,35 @@ class ChunkOutput:
 
 
 @dataclass(frozen=True)
+class RoundsRequest:
+    """Whole rounds `start` … `stop − 1` of the job of `seed`, from φ and the outer optimiser's
+    state at `start` (what the controller holds), the meta-update applied in the actor."""
+
+    seed: int
+    start: int
+    stop: int
+    config: MetaConfig
+    phi: dict[str, np.ndarray]
+    optimizer_state: dict[str, Any]
+    compile: bool = False
+
+
+@dataclass(frozen=True)
+class RoundsOutput:
+    """φ and the optimiser state after the rounds completed, with their per-round numbers."""
+
+    phi: dict[str, np.ndarray]
+    optimizer_state: dict[str, Any]
+    completed: int
+    diverged: bool  # round start + completed was not finite (φ is that of the round before)
+    loss_before: np.ndarray  # (completed, meta_batch_size)
+    loss_after: np.ndarray  # (completed, meta_batch_size)
+    epsilons: list[float]
+    compute_seconds: list[float]
+    node_id: str
+
+
+@dataclass(frozen=True)
 class HeldOutRequest:
     """One chunk of a held-out evaluation: tasks of `seeds` with `shots` support examples per
     class, adapted as `config` says and classified `transductive`ly or not; φ as in
@@ -97,6 +129,18 @@ def _phi_of(
     if phi is None:
         raise ValueError("a chunk request without φ needs it as the second argument")
     return phi
+
+
+def _on_cpu(state: dict[str, Any]) -> dict[str, Any]:
+    """An optimiser state dict with its tensors on the CPU (a GPU actor's go back to the
+    controller, which has no device)."""
+    return {
+        "param_groups": state["param_groups"],
+        "state": {
+            index: {key: value.cpu() for key, value in values.items()}
+            for index, values in state["state"].items()
+        },
+    }
 
 
 class InnerLoopWorker:
@@ -126,17 +170,14 @@ class InnerLoopWorker:
         start = time.perf_counter()
         call = unpack(request, ChunkRequest)
         phi = _phi_of(call.phi, stored_phi)
-        config, key = call.config, (call.config, call.compile)
-        if key not in self.steps:  # a compiled step compiles on its first chunk, once
-            self.steps[key] = batched_step(self.family, self.model, config, compile=call.compile)
         result = run_tasks(
             self.family,
             self.model,
             from_numpy(phi),
             call.seeds.tolist(),
-            config,
+            call.config,
             self.device,
-            self.steps[key],
+            self._step(call.config, call.compile),
         )
         output = ChunkOutput(
             delta_sum=to_numpy(result.delta_sum),
@@ -147,6 +188,42 @@ class InnerLoopWorker:
             node_id=self.node_id,
         )
         return pack(output)
+
+    def run_rounds(self, request: bytes) -> bytes:
+        """Run the whole rounds of a packed `RoundsRequest`; returns a packed `RoundsOutput`."""
+        call = unpack(request, RoundsRequest)
+        phi = {name: tensor.to(self.device) for name, tensor in from_numpy(call.phi).items()}
+        meta = MetaOptimizer(phi, call.config.outer_optimizer)
+        meta.load_state_dict(call.optimizer_state)
+        result = run_rounds(
+            self.family,
+            self.model,
+            meta,
+            call.config,
+            call.seed,
+            range(call.start, call.stop),
+            self.device,
+            self._step(call.config.inner, call.compile),
+        )
+        output = RoundsOutput(
+            phi=to_numpy(meta.phi),
+            optimizer_state=_on_cpu(meta.state_dict()),
+            completed=result.completed,
+            diverged=result.diverged,
+            loss_before=result.loss_before.numpy(),
+            loss_after=result.loss_after.numpy(),
+            epsilons=result.epsilons,
+            compute_seconds=result.compute_seconds,
+            node_id=self.node_id,
+        )
+        return pack(output)
+
+    def _step(self, config: InnerConfig, compile: bool) -> InnerStep:
+        """The inner step of `config`, built (and compiled, where asked) on first use, once."""
+        key = (config, compile)
+        if key not in self.steps:
+            self.steps[key] = batched_step(self.family, self.model, config, compile=compile)
+        return self.steps[key]
 
     def score_held_out(
         self, request: bytes, stored_phi: dict[str, np.ndarray] | None = None

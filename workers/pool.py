@@ -4,9 +4,11 @@ The only module that knows Ray's actor API. A round puts φ in the object store 
 in the calls when it is small), gives each actor one contiguous chunk of the round's seeds,
 waits with a deadline, re-runs a failed or late chunk on a fresh actor, and sums the chunks'
 deltas in chunk order. An actor's start-up (torch, data) is never charged to a round's deadline:
-it has a deadline of its own. Actors are spread over the cluster's nodes, and the pool
-remembers which nodes ran its chunks. An image job's held-out evaluation is split over the
-actors the same way: its adaptations are as costly as a round (Conv4, 50 steps a task).
+it has a deadline of its own. A job whose rounds are not worth splitting runs whole rounds on one
+actor instead, many per call (`run_rounds`), and can give its other actors back (`keep`).
+Actors are spread over the cluster's nodes, and the pool remembers which nodes ran its chunks.
+An image job's held-out evaluation is split over the actors the same way: its adaptations are
+as costly as a round (Conv4, 50 steps a task).
 """
 
 import logging
@@ -20,6 +22,7 @@ import ray
 from ray.exceptions import GetTimeoutError, RayError
 
 from reptile.inner import InnerConfig
+from reptile.meta import MetaConfig
 from reptile.params import Params, from_numpy, to_numpy, total
 from workers.actor import (
     ChunkOutput,
@@ -27,6 +30,8 @@ from workers.actor import (
     HeldOutOutput,
     HeldOutRequest,
     InnerLoopWorker,
+    RoundsOutput,
+    RoundsRequest,
     pack,
     unpack,
 )
@@ -53,6 +58,7 @@ class RoundOutput:
     loss_before: np.ndarray  # (count,) in seed order
     loss_after: np.ndarray  # (count,) in seed order
     compute_seconds: float  # the slowest chunk's inner-loop time
+    work_seconds: float  # all chunks' inner-loop time: what one actor alone would spend
 
 
 def split(seeds: list[int], parts: int) -> list[list[int]]:
@@ -150,7 +156,35 @@ class WorkerPool:
             loss_before=np.concatenate([o.loss_before for o in outputs]),
             loss_after=np.concatenate([o.loss_after for o in outputs]),
             compute_seconds=max(o.compute_seconds for o in outputs),
+            work_seconds=sum(o.compute_seconds for o in outputs),
         )
+
+    def run_rounds(
+        self,
+        phi: Params,
+        optimizer_state: dict[str, Any],
+        seed: int,
+        rounds: range,
+        config: MetaConfig,
+        *,
+        compile: bool = False,
+    ) -> RoundsOutput:
+        """Run whole `rounds` of the job of `seed` on the first actor, from φ and the outer
+        optimiser's state, the meta-update applied there; a failed or late call runs again from
+        the same φ on a fresh actor. The rounds must fit the round deadline."""
+        request = RoundsRequest(
+            seed, rounds.start, rounds.stop, config, to_numpy(phi), optimizer_state, compile
+        )
+        (result,) = self._run_chunks("run_rounds", [pack(request)], ())
+        output = unpack(result, RoundsOutput)
+        self.node_ids.add(output.node_id)
+        return output
+
+    def keep(self, count: int) -> None:
+        """Give back all actors but the first `count` (their CPUs go to other jobs)."""
+        for actor in self.actors[count:]:
+            ray.kill(actor, no_restart=True)
+        del self.actors[count:]
 
     def score_held_out(
         self, phi: Params, seeds: list[int], shots: int, config: InnerConfig, transductive: bool

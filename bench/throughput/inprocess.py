@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from reptile.inner import InnerConfig
+from reptile.meta import MetaConfig
 from reptile.params import Params, from_numpy, to_numpy
 from service.plots import Drawing
 from workers.actor import (
@@ -18,6 +19,8 @@ from workers.actor import (
     HeldOutOutput,
     HeldOutRequest,
     InnerLoopWorker,
+    RoundsOutput,
+    RoundsRequest,
     pack,
     unpack,
 )
@@ -50,7 +53,26 @@ class InProcessRunner:
             loss_before=output.loss_before,
             loss_after=output.loss_after,
             compute_seconds=output.compute_seconds,
+            work_seconds=output.compute_seconds,
         )
+
+    def run_rounds(
+        self,
+        phi: Params,
+        optimizer_state: dict[str, Any],
+        seed: int,
+        rounds: range,
+        config: MetaConfig,
+        *,
+        compile: bool = False,
+    ) -> RoundsOutput:
+        request = RoundsRequest(
+            seed, rounds.start, rounds.stop, config, to_numpy(phi), optimizer_state, compile
+        )
+        return unpack(self.worker.run_rounds(pack(request)), RoundsOutput)
+
+    def keep(self, count: int) -> None:
+        pass  # one worker, this process
 
     def score_held_out(
         self, phi: Params, seeds: list[int], shots: int, config: InnerConfig, transductive: bool
@@ -72,4 +94,7 @@ class NullSink:
         pass
 
     def log_figure(self, draw: Drawing, artifact_path: str) -> None:
+        pass
+
+    def set_tag(self, key: str, value: str) -> None:
         pass

@@ -30,6 +30,8 @@ class Workload:
     """A job spec at the meta-batch size of the side-by-side table, and how long to measure it.
 
     Held-out evaluation (at the first and last round only) is kept small: it is not measured.
+    The service path's rounds are split over its actors (`execution="split"`), at every actor
+    count: what `python -m bench.served` compares the served default job with.
     """
 
     spec: AnyJobSpec
@@ -40,7 +42,12 @@ class Workload:
 WORKLOADS = {
     "sine": Workload(
         SineJobSpec(
-            name="bench-sine", meta_batch_size=32, inner_steps=5, eval_every=0, eval_tasks=1
+            name="bench-sine",
+            meta_batch_size=32,
+            inner_steps=5,
+            eval_every=0,
+            eval_tasks=1,
+            execution="split",
         ),
         quick=Effort(  # ≥ 8 rounds a size: a shorter timing window is at one slow moment's mercy
             (1, 4, 16, 32, 64, 128, 256),
@@ -68,6 +75,7 @@ WORKLOADS = {
             eval_every=0,
             eval_tasks=1,
             eval_shots=[5],
+            execution="split",
         ),
         quick=Effort((32,), tasks=32, min_rounds=1, max_rounds=1, compiled_sizes=(32,)),
         full=Effort((32,), tasks=320, min_rounds=10, max_rounds=10, compiled_sizes=(32,)),

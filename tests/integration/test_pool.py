@@ -10,9 +10,9 @@ import torch
 from ray.util.placement_group import placement_group, remove_placement_group
 
 from reptile.evaluate import held_out_accuracies
-from reptile.inner import InnerConfig, InnerOptimizer
-from reptile.meta import MetaConfig, MetaOptimizer, epsilon
-from reptile.params import Params, init_params, scale
+from reptile.inner import InnerConfig, InnerOptimizer, run_tasks
+from reptile.meta import MetaConfig, MetaOptimizer, OuterOptimizer, epsilon, meta_update
+from reptile.params import Params, from_numpy, init_params, scale
 from reptile.serial import train_serial
 from reptile.tasks import eval_task_seeds, make_family, task_seeds
 from reptile.tasks.fewshot import ImageSet
@@ -86,6 +86,47 @@ def test_a_killed_actor_is_replaced_and_the_round_is_unchanged() -> None:
         pool.shutdown()
     assert all(torch.allclose(phi[n], reference[n], atol=1e-5) for n in reference)
     assert pool.node_ids == {ray.get_runtime_context().get_node_id()}  # the one local node
+
+
+@pytest.mark.parametrize("outer_optimizer", ["sgd", "adam"])
+def test_whole_rounds_in_one_actor_reach_the_serial_phi(outer_optimizer: OuterOptimizer) -> None:
+    """`in_actor` execution: rounds in calls of 1, 2 and 3, the outer optimiser's state going
+    back and forth, a killed actor's call run again from the same φ, give the φ of split rounds
+    in one process exactly, and the serial loop's to rounding (with SGD: Adam's division by √v
+    magnifies the serial loop's other summation order); the actors not kept are given back."""
+    config = MetaConfig(
+        rounds=6,
+        meta_batch_size=5,
+        outer_lr=1.0 if outer_optimizer == "sgd" else 0.01,
+        inner=SCHULMAN,
+        outer_optimizer=outer_optimizer,
+    )
+    model = FAMILY.make_model()
+    split = MetaOptimizer(init_params(model, 4), outer_optimizer)
+    for r in range(config.rounds):
+        result = run_tasks(FAMILY, model, split.phi, task_seeds(4, r, 5), config.inner)
+        meta_update(split, result.delta_sum, result.count, result.loss_after, r, config)
+    meta = MetaOptimizer(init_params(model, 4), outer_optimizer)
+    pool = WorkerPool(task="sine", task_options={}, num_workers=2)
+    try:
+        released = pool.actors[1]
+        pool.keep(1)
+        assert len(pool.actors) == 1
+        with pytest.raises(ray.exceptions.RayActorError):
+            ray.get(released.pid.remote(), timeout=30)
+        for rounds in (range(0, 1), range(1, 3), range(3, 6)):
+            if rounds.start == 3:
+                os.kill(ray.get(pool.actors[0].pid.remote()), signal.SIGKILL)
+            out = pool.run_rounds(meta.phi, meta.state_dict(), 4, rounds, config)
+            assert (out.completed, out.diverged) == (len(rounds), False)
+            assert out.loss_after.shape == (len(rounds), 5)
+            meta.restore(from_numpy(out.phi), out.optimizer_state)
+    finally:
+        pool.shutdown()
+    assert all(torch.equal(meta.phi[n], split.phi[n]) for n in split.phi)
+    if outer_optimizer == "sgd":
+        reference = train_serial(FAMILY, config, seed=4)
+        assert all(torch.allclose(meta.phi[n], reference[n], atol=1e-5) for n in reference)
 
 
 def test_more_workers_than_cpus_is_refused_up_front() -> None:
