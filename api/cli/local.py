@@ -25,12 +25,21 @@ from service.specs import AnyJobSpec, parse_spec
 
 
 def quiet_openmp() -> None:
-    """Let idle OpenMP threads sleep after a short spin (`GOMP_SPINCOUNT=1000`) unless the user
-    set a wait policy or spin count: the controller shares the cores with its actors, and
-    sleeping at once (`OMP_WAIT_POLICY=PASSIVE`) slows its small ops. Call before torch loads.
+    """Let this process's idle OpenMP threads sleep after a short spin (`GOMP_SPINCOUNT=1000`)
+    unless the user set a wait policy or spin count: the controller shares the cores with its
+    actors, and sleeping at once (`OMP_WAIT_POLICY=PASSIVE`) slows its small ops.
+
+    For this process only: libgomp reads the setting once, as torch loads it (here), and the
+    variable then leaves the environment, so the Ray workers this process starts keep
+    OpenMP's defaults (each runs on a core of its own, where the short spin slows its inner
+    loops: docs/performance.md, the served path).
     """
-    if "OMP_WAIT_POLICY" not in os.environ:
-        os.environ.setdefault("GOMP_SPINCOUNT", "1000")
+    if "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ:
+        return
+    os.environ["GOMP_SPINCOUNT"] = "1000"
+    import torch  # noqa: F401  (loads libgomp, which reads its settings now)
+
+    del os.environ["GOMP_SPINCOUNT"]
 
 
 def _mlflow_ui(settings: Settings, port: int) -> subprocess.Popen[bytes]:
