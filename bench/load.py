@@ -95,7 +95,7 @@ def main() -> None:
     args = parser.parse_args()
     data_dir = Path(tempfile.mkdtemp(prefix="reptile-load-"))
     env = {"REPTILE_MAX_CONCURRENT_ADAPTATIONS": str(args.max_adaptations)}
-    with running_server(data_dir, **env) as client:
+    with running_server(data_dir, env=env) as server, server.client() as client:
         job = client.post("/v1/jobs", json=JOB)
         if job.status_code != 202:
             raise SystemExit(f"job refused: {job.status_code} {job.text}")

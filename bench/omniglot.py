@@ -33,7 +33,8 @@ def main() -> None:
         body["eval_tasks"] = args.eval_tasks
     if args.rounds:
         body |= {"rounds": args.rounds, "eval_every": 0}
-    with running_server(Path(tempfile.mkdtemp(prefix="reptile-omniglot-"))) as client:
+    data_dir = Path(tempfile.mkdtemp(prefix="reptile-omniglot-"))
+    with running_server(data_dir) as server, server.client() as client:
         record, seconds = run_job(client, body)
     spec, evaluation = record["spec"], record["evaluation"]
     tasks = spec["rounds"] * spec["meta_batch_size"]

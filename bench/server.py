@@ -10,20 +10,22 @@ from typing import Any
 
 import httpx
 
-from tests.utils.server import start_server, wait_for_state
+from tests.utils.server import Server, start_server, wait_for_state
 
 JOB_TIMEOUT_S = 24 * 3600  # a benchmark job runs as long as it needs; this only bounds a hang
 
 
 @contextmanager
-def running_server(data_dir: Path, **env: str) -> Iterator[httpx.Client]:
-    """A client for a server on `data_dir`, ready to take jobs; its Ray advertises the
-    machine's CPUs unless `env` says otherwise. The server's log is in `data_dir`."""
-    env = {"REPTILE_RAY_NUM_CPUS": str(os.cpu_count() or 1), **env}
-    server = start_server(data_dir, data_dir, **env)
+def running_server(
+    data_dir: Path, *, ui: bool = False, env: dict[str, str] | None = None
+) -> Iterator[Server]:
+    """A server on `data_dir` (with the MLflow UI beside it if `ui`, as `make serve`), ready
+    to take jobs, with `env` added to its environment; its Ray advertises the machine's CPUs
+    unless `env` says otherwise. The server's log is in `data_dir`."""
+    environment = {"REPTILE_RAY_NUM_CPUS": str(os.cpu_count() or 1), **(env or {})}
+    server = start_server(data_dir, data_dir, ui=ui, **environment)
     try:
-        with server.client() as client:
-            yield client
+        yield server
     finally:
         server.stop()
 

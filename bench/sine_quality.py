@@ -40,7 +40,8 @@ SCHULMAN = MetaConfig(
 
 def run_default_job() -> tuple[dict[str, torch.Tensor], float, dict[str, Any]]:
     """Run `{}` (all defaults) on a fresh server; return φ, the seconds it ran, its record."""
-    with running_server(Path(tempfile.mkdtemp(prefix="reptile-bench-"))) as client:
+    data_dir = Path(tempfile.mkdtemp(prefix="reptile-bench-"))
+    with running_server(data_dir) as server, server.client() as client:
         record, seconds = run_job(client, {})
         phi = load(client.get(f"/v1/jobs/{record['id']}/weights").content)
     return phi, seconds, record

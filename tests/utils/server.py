@@ -54,15 +54,20 @@ class Server:
         wait_until(ready, timeout, "the server to become ready")
 
 
-def start_server(data_dir: Path, log_dir: Path | None = None, **env: str) -> Server:
+def start_server(
+    data_dir: Path, log_dir: Path | None = None, *, ui: bool = False, **env: str
+) -> Server:
     """Start the service (see `launch_server`) and wait until it is ready."""
-    server = launch_server(data_dir, log_dir, **env)
+    server = launch_server(data_dir, log_dir, ui=ui, **env)
     server.wait_ready()
     return server
 
 
-def launch_server(data_dir: Path, log_dir: Path | None = None, **env: str) -> Server:
-    """Start the service like a user would (`reptile serve --no-ui`), without waiting.
+def launch_server(
+    data_dir: Path, log_dir: Path | None = None, *, ui: bool = False, **env: str
+) -> Server:
+    """Start the service like a user would (`reptile serve --no-ui`, or with the MLflow UI on
+    a free port as `make serve` starts it), without waiting.
 
     Its output goes to a log in `log_dir` (default: the data dir). It gets a local Ray and
     MLflow store unless `env` names RAY_ADDRESS / MLFLOW_TRACKING_URI (those of the test's own
@@ -81,9 +86,10 @@ def launch_server(data_dir: Path, log_dir: Path | None = None, **env: str) -> Se
         **env,
     }
     reptile = Path(sys.executable).with_name("reptile")
+    ui_args = ["--ui-port", str(free_port())] if ui else ["--no-ui"]
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [str(reptile), "serve", "--no-ui", "--host", "127.0.0.1", "--port", str(port)],
+            [str(reptile), "serve", *ui_args, "--host", "127.0.0.1", "--port", str(port)],
             env=environment,
             stdout=log,
             stderr=subprocess.STDOUT,
