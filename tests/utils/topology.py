@@ -80,15 +80,7 @@ def topology(logs: Path, artifacts: Path, env: dict[str, str], num_cpus: int) ->
         start = _Starter(stack, logs)
         pg_dir = stack.enter_context(_short_temp_dir("reptile-pg-"))
         ray_dir = stack.enter_context(_short_temp_dir("reptile-ray-"))
-        gcs_port = free_port()
-        ray_address = f"127.0.0.1:{gcs_port}"
-        head = start(
-            "ray-head",
-            _ray_start("ray_head", num_cpus, ray_dir / "head")
-            + ["--head", "--port", str(gcs_port), "--include-dashboard", "false"]
-            + ["--ray-client-server-port", str(free_port())],
-            env=env,
-        )
+        ray_address, head = _start_head(start, ray_dir, env, num_cpus)
         database = _postgres(pg_dir, start)  # while the head starts
         mlflow_port = free_port()
         mlflow = start(
@@ -97,21 +89,61 @@ def topology(logs: Path, artifacts: Path, env: dict[str, str], num_cpus: int) ->
             + ["--serve-artifacts", "--artifacts-destination", str(artifacts)]
             + ["--host", "127.0.0.1", "--port", str(mlflow_port), "--workers", "1"],
         )
-        wait_until(lambda: _listening(gcs_port, head), 120, "the Ray head's GCS")
-        worker = start(
-            "ray-worker",
-            _ray_start("ray_worker", num_cpus, ray_dir / "worker") + ["--address", ray_address],
-            env=env,
-        )
-        nodes = _alive_nodes(ray_address, 2, env, [head, worker])
-        ray_nodes: dict[str, str] = {
-            name: node_id
-            for node_id, resources in nodes.items()
-            for name in ("ray_head", "ray_worker")
-            if name in resources
-        }
+        ray_nodes = _join_worker(start, ray_dir, env, num_cpus, ray_address, head)
         mlflow_url = f"http://127.0.0.1:{mlflow_port}"
         yield Topology(database, mlflow_url, ray_address, ray_nodes, mlflow)
+
+
+@contextmanager
+def ray_cluster(logs: Path, env: dict[str, str], num_cpus: int) -> Iterator[tuple[str, list[str]]]:
+    """Only the two-node Ray cluster (head and worker, `num_cpus` CPUs each) of `topology`:
+    yields its address and node ids once both nodes have joined."""
+    with ExitStack() as stack:
+        start = _Starter(stack, logs)
+        ray_dir = stack.enter_context(_short_temp_dir("reptile-ray-"))
+        address, head = _start_head(start, ray_dir, env, num_cpus)
+        nodes = _join_worker(start, ray_dir, env, num_cpus, address, head)
+        yield address, list(nodes.values())
+
+
+def _start_head(
+    start: "_Starter", ray_dir: Path, env: dict[str, str], num_cpus: int
+) -> tuple[str, "_Running"]:
+    """Start the Ray head (without waiting for it); its GCS address and its process."""
+    gcs_port = free_port()
+    head = start(
+        "ray-head",
+        _ray_start("ray_head", num_cpus, ray_dir / "head")
+        + ["--head", "--port", str(gcs_port), "--include-dashboard", "false"]
+        + ["--ray-client-server-port", str(free_port())],
+        env=env,
+    )
+    return f"127.0.0.1:{gcs_port}", head
+
+
+def _join_worker(
+    start: "_Starter",
+    ray_dir: Path,
+    env: dict[str, str],
+    num_cpus: int,
+    address: str,
+    head: "_Running",
+) -> dict[str, str]:
+    """Start the worker node once the head listens; {node name: Ray node id} once both joined."""
+    port = int(address.rpartition(":")[2])
+    wait_until(lambda: _listening(port, head), 120, "the Ray head's GCS")
+    worker = start(
+        "ray-worker",
+        _ray_start("ray_worker", num_cpus, ray_dir / "worker") + ["--address", address],
+        env=env,
+    )
+    nodes = _alive_nodes(address, 2, env, [head, worker])
+    return {
+        name: node_id
+        for node_id, resources in nodes.items()
+        for name in ("ray_head", "ray_worker")
+        if name in resources
+    }
 
 
 @dataclass(frozen=True)
