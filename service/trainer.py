@@ -12,21 +12,21 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
 
 from reptile.inner import InnerConfig
-from reptile.meta import MetaConfig, MetaOptimizer, meta_update
-from reptile.params import Params, from_numpy, init_params
+from reptile.meta import MetaOptimizer, meta_update
+from reptile.params import Params, from_numpy, init_params, to_numpy
 from reptile.tasks import task_seeds
 from service.evaluation import evaluation_for
 from service.execution import ExecutionPlan
 from service.plots import Drawing, learning_curve_png
 from service.specs import AnyJobSpec
 from service.weights import Checkpoint, write_checkpoint
-from workers.actor import RoundsOutput
+from workers.actor import RoundsOutput, RoundsRequest
 from workers.pool import RoundOutput
 
 log = logging.getLogger(__name__)
@@ -40,16 +40,7 @@ class RoundRunner(Protocol):
         self, phi: Params, seeds: list[int], config: InnerConfig, *, compile: bool
     ) -> RoundOutput: ...
 
-    def run_rounds(
-        self,
-        phi: Params,
-        optimizer_state: dict[str, Any],
-        seed: int,
-        rounds: range,
-        config: MetaConfig,
-        *,
-        compile: bool,
-    ) -> RoundsOutput: ...
+    def run_rounds(self, request: RoundsRequest) -> RoundsOutput: ...
 
     def keep(self, count: int) -> None: ...
 
@@ -248,14 +239,16 @@ class MetaTrainer:
 
     def _in_actor(self, stop: int) -> list[RoundNumbers]:
         """Whole rounds up to `stop` in one actor, from φ and the outer optimiser's state."""
-        output = self.runner.run_rounds(
-            self.phi,
-            self.meta.state_dict(),
-            self.spec.seed,
-            range(self.round, stop),
-            self.config,
+        request = RoundsRequest(
+            seed=self.spec.seed,
+            start=self.round,
+            stop=stop,
+            config=self.config,
+            phi=to_numpy(self.phi),
+            optimizer_state=self.meta.state_dict(),
             compile=self.spec.compile_inner_loop,
         )
+        output = self.runner.run_rounds(request)
         self.meta.restore(from_numpy(output.phi), output.optimizer_state)
         self.phi = self.meta.phi
         self.round += output.completed

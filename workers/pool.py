@@ -22,7 +22,6 @@ import ray
 from ray.exceptions import GetTimeoutError, RayError
 
 from reptile.inner import InnerConfig
-from reptile.meta import MetaConfig
 from reptile.params import Params, from_numpy, to_numpy, total
 from workers.actor import (
     ChunkOutput,
@@ -159,22 +158,10 @@ class WorkerPool:
             work_seconds=sum(o.compute_seconds for o in outputs),
         )
 
-    def run_rounds(
-        self,
-        phi: Params,
-        optimizer_state: dict[str, Any],
-        seed: int,
-        rounds: range,
-        config: MetaConfig,
-        *,
-        compile: bool = False,
-    ) -> RoundsOutput:
-        """Run whole `rounds` of the job of `seed` on the first actor, from φ and the outer
-        optimiser's state, the meta-update applied there; a failed or late call runs again from
+    def run_rounds(self, request: RoundsRequest) -> RoundsOutput:
+        """Run the whole rounds of `request` on the first actor, from its φ and outer
+        optimiser state, the meta-update applied there; a failed or late call runs again from
         the same φ on a fresh actor. The rounds must fit the round deadline."""
-        request = RoundsRequest(
-            seed, rounds.start, rounds.stop, config, to_numpy(phi), optimizer_state, compile
-        )
         (result,) = self._run_chunks("run_rounds", [pack(request)], ())
         output = unpack(result, RoundsOutput)
         self.node_ids.add(output.node_id)

@@ -10,7 +10,6 @@ import numpy as np
 import torch
 
 from reptile.inner import InnerConfig
-from reptile.meta import MetaConfig
 from reptile.params import Params, from_numpy, to_numpy
 from service.plots import Drawing
 from workers.actor import (
@@ -56,19 +55,7 @@ class InProcessRunner:
             work_seconds=output.compute_seconds,
         )
 
-    def run_rounds(
-        self,
-        phi: Params,
-        optimizer_state: dict[str, Any],
-        seed: int,
-        rounds: range,
-        config: MetaConfig,
-        *,
-        compile: bool = False,
-    ) -> RoundsOutput:
-        request = RoundsRequest(
-            seed, rounds.start, rounds.stop, config, to_numpy(phi), optimizer_state, compile
-        )
+    def run_rounds(self, request: RoundsRequest) -> RoundsOutput:
         return unpack(self.worker.run_rounds(pack(request)), RoundsOutput)
 
     def keep(self, count: int) -> None:

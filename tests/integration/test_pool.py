@@ -13,11 +13,12 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from reptile.evaluate import held_out_accuracies
 from reptile.inner import InnerConfig, InnerOptimizer, run_tasks
 from reptile.meta import MetaConfig, MetaOptimizer, OuterOptimizer, epsilon, meta_update
-from reptile.params import Params, from_numpy, init_params, scale
+from reptile.params import Params, from_numpy, init_params, scale, to_numpy
 from reptile.serial import train_serial
 from reptile.tasks import eval_task_seeds, make_family, task_seeds
 from reptile.tasks.fewshot import ImageSet
 from tests.utils.net import wait_until
+from workers.actor import RoundsRequest
 from workers.cluster import gpus_needed
 from workers.pool import PoolError, WorkerPool, split
 
@@ -127,7 +128,10 @@ def test_whole_rounds_in_one_actor_reach_the_serial_phi(outer_optimizer: OuterOp
         for rounds in (range(0, 1), range(1, 3), range(3, 6)):
             if rounds.start == 3:
                 os.kill(ray.get(pool.actors[0].pid.remote()), signal.SIGKILL)
-            out = pool.run_rounds(meta.phi, meta.state_dict(), 4, rounds, config)
+            request = RoundsRequest(
+                4, rounds.start, rounds.stop, config, to_numpy(meta.phi), meta.state_dict()
+            )
+            out = pool.run_rounds(request)
             assert (out.completed, out.diverged) == (len(rounds), False)
             assert out.loss_after.shape == (len(rounds), 5)
             meta.restore(from_numpy(out.phi), out.optimizer_state)

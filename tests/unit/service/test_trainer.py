@@ -2,15 +2,12 @@
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
 
 from reptile.inner import InnerConfig, run_tasks
-from reptile.meta import MetaConfig, MetaOptimizer
 from reptile.params import Params, to_numpy
-from reptile.rounds import run_rounds
 from reptile.serial import train_serial
 from reptile.tasks import eval_task_seeds, make_family
 from reptile.tasks.sine import SineFamily
@@ -18,7 +15,7 @@ from service.plots import Drawing, learning_curve_png, sine_fit_png
 from service.specs import SineJobSpec
 from service.trainer import Divergence, MetaTrainer, Progress
 from service.weights import read_checkpoint
-from workers.actor import RoundsOutput
+from workers.actor import InnerLoopWorker, RoundsOutput, RoundsRequest, pack, unpack
 from workers.pool import RoundOutput
 
 SPEC = SineJobSpec(
@@ -37,6 +34,7 @@ class InProcessRunner:
     def __init__(self, spec: SineJobSpec, poison_round: int | None = None) -> None:
         self.family = make_family(spec.task, **spec.task_options())
         self.model = self.family.make_model()
+        self.worker = InnerLoopWorker(spec.task, spec.task_options())
         self.poison_round = poison_round
         self.rounds = 0
         self.calls: list[range] = []  # the in_actor calls' rounds
@@ -59,31 +57,10 @@ class InProcessRunner:
             work_seconds=0.0,
         )
 
-    def run_rounds(
-        self,
-        phi: Params,
-        optimizer_state: dict[str, Any],
-        seed: int,
-        rounds: range,
-        config: MetaConfig,
-        *,
-        compile: bool,
-    ) -> RoundsOutput:
-        self.calls.append(rounds)
-        meta = MetaOptimizer(phi, config.outer_optimizer)
-        meta.load_state_dict(optimizer_state)
-        result = run_rounds(self.family, self.model, meta, config, seed, rounds)
-        return RoundsOutput(
-            phi=to_numpy(meta.phi),
-            optimizer_state=meta.state_dict(),
-            completed=result.completed,
-            diverged=result.diverged,
-            loss_before=result.loss_before.numpy(),
-            loss_after=result.loss_after.numpy(),
-            epsilons=result.epsilons,
-            compute_seconds=result.compute_seconds,
-            node_id="",
-        )
+    def run_rounds(self, request: RoundsRequest) -> RoundsOutput:
+        """Whole rounds as an actor runs them: the actor's own code, without Ray."""
+        self.calls.append(range(request.start, request.stop))
+        return unpack(self.worker.run_rounds(pack(request)), RoundsOutput)
 
     def keep(self, count: int) -> None:
         self.kept = count
