@@ -4,8 +4,8 @@
 the MLflow UI beside the API); the README's sine job and the default Omniglot job go in through
 HTTP; their rounds are read back from the runs' own MLflow metrics. Side by side, in the same
 run: the serial loop and the in-process vectorised loop on the same sine job, the sine job again
-with its rounds split over the actors (`execution: split`, the path every job took before the
-execution plans), and for Omniglot the throughput bench's 2-actor harness on the same job
+with its rounds split over the actors (`execution: split`: the controller gathers every
+round), and for Omniglot the throughput bench's 2-actor harness on the same job
 (`MetaTrainer` + Ray `WorkerPool` + tracker, in this process).
 
 Bars: the served sine job ≥ 3× the serial loop's tasks/s; the served Omniglot job's mean round
