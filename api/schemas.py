@@ -6,6 +6,7 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import BaseModel, Field
 
 from service.adaptation_schemas import ImageAdaptationCreate, SineAdaptationCreate
+from service.evaluation_schemas import EvaluationBase, EvaluationRecord
 from service.records import AdaptationBase, AdaptationRecord, JobBase, JobRecord, MlflowInfo
 from service.specs import MODEL_URI_PATTERN, JobSpec
 
@@ -109,3 +110,16 @@ class FieldErrors(BaseModel):
     """A request that failed validation: one entry per wrong field."""
 
     detail: list[FieldError]
+
+
+class EvaluationPublic(EvaluationBase):
+    """An evaluation as clients see it: no server paths."""
+
+    @classmethod
+    def of(cls, record: EvaluationRecord) -> "EvaluationPublic":
+        return cls(**{name: getattr(record, name) for name in EvaluationBase.model_fields})
+
+
+class EvaluationsPublic(BaseModel):
+    data: list[EvaluationPublic]
+    count: int

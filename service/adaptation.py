@@ -18,7 +18,7 @@ from reptile.evaluate import Adaptation, adapt_and_predict
 from reptile.inner import InnerConfig
 from reptile.params import Params, is_finite
 from reptile.tasks import Task
-from reptile.tasks.fewshot import fewshot_loss, fewshot_model
+from reptile.tasks.fewshot import MAX_WAYS, fewshot_loss, fewshot_model, with_ways
 from service.adaptation_schemas import AdaptationCreate, ImageAdaptationCreate, SineAdaptationCreate
 from service.datasets import DatasetError, decode_image
 from service.records import ClassPrediction
@@ -47,6 +47,7 @@ class Source:
     round: int  # the job's round whose φ this is
     image_shape: ImageShape | None = None  # image jobs only
     model: str | None = None  # "models:/<name>/<version>" when φ came from the registry
+    run_id: str | None = None  # the MLflow run that trained φ, where known
 
 
 @dataclass(frozen=True)
@@ -118,13 +119,14 @@ def _adapt_images(
     body: ImageAdaptationCreate,
     config: InnerConfig,
 ) -> Outcome:
-    """Classification: the N distinct labels of the support set are the classes (N = ways)."""
+    """Classification: the M distinct labels of the support set are the classes, for any
+    2 ≤ M ≤ MAX_WAYS whatever the job's `ways` (`with_ways` builds φ's M-way head)."""
     labels = body.support.labels
     classes = list(dict.fromkeys(labels))  # in order of first appearance
-    if len(classes) != spec.ways:
+    if not 2 <= len(classes) <= MAX_WAYS:
         raise AdaptationError(
-            f"the job meta-trained {spec.ways}-way tasks; the support set has "
-            f"{len(classes)} distinct labels {classes}"
+            f"a support set needs 2 to {MAX_WAYS} distinct labels (classes); it has "
+            f"{len(classes)}: {classes[:10]}"
         )
     invert = spec.task == "omniglot"
     support_task = Task(
@@ -133,8 +135,8 @@ def _adapt_images(
     )
     result = adapt_and_predict(
         fewshot_loss,
-        fewshot_model(spec.ways, shape.channels, shape.size),
-        phi,
+        fewshot_model(len(classes), shape.channels, shape.size),
+        with_ways(phi, len(classes)),
         support_task,
         _decode_all(body.query.images, "query", shape, invert),
         config,

@@ -118,7 +118,7 @@ class ImageQuery(BaseModel):
 class ImageAdaptationCreate(_AdaptationOptions):
     """Labelled support images (base64 PNG/JPEG) of a new task, and query images to classify.
 
-    The N distinct labels of the support set are the classes (N must be the job's `ways`).
+    The M distinct labels of the support set are the classes: 2 to 50, whatever the job's `ways`.
     """
 
     support: ImageSupport

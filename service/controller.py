@@ -32,6 +32,7 @@ from service.errors import (
     NotFound,
     Unavailable,
 )
+from service.evaluations import Evaluations
 from service.metrics import ServiceMetrics
 from service.records import AdaptationRecord, JobRecord, JobState, MlflowInfo, now
 from service.registry import ModelNotFound, Registry, RegistryError
@@ -74,6 +75,7 @@ class Controller:
         self._executor = ThreadPoolExecutor(settings.max_concurrent_jobs, thread_name_prefix="job")
         self.metrics = ServiceMetrics(self.jobs, metrics_registry)
         self._adaptation_slots = threading.BoundedSemaphore(settings.max_concurrent_adaptations)
+        self.evaluations = Evaluations(settings, self.store)
 
     # --- life cycle ---------------------------------------------------------------------
     def start(self) -> None:
@@ -100,6 +102,7 @@ class Controller:
             for active in self._active.values():
                 active.interrupted = True
                 active.stop.set()
+        self.evaluations.shutdown()
         self._executor.shutdown(wait=True, cancel_futures=True)
 
     # --- jobs ---------------------------------------------------------------------------
@@ -198,7 +201,12 @@ class Controller:
         record = self.get(job_id)
         phi, round_reached = self.weights(job_id)
         return Source(
-            record.spec, phi, job_id, round_reached, image_shape(record.spec, record.dataset)
+            record.spec,
+            phi,
+            job_id,
+            round_reached,
+            image_shape(record.spec, record.dataset),
+            run_id=record.mlflow.run_id,
         )
 
     def model_source(self, uri: str) -> Source:

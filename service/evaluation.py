@@ -2,14 +2,15 @@
 
 Sine: query MSE after 0, 1, k and `eval_steps` adaptation steps, and the fit figure.
 Images: accuracy on tasks of the held-out classes for each K of `eval_shots` (mean and 95 %
-confidence interval over tasks), and a grid of query images with their predicted labels.
+confidence interval over tasks; at the end also 5- and 20-way, to a CI of 1 point), and a grid
+of query images with their predicted labels.
 """
 
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import partial
-from typing import Protocol
+from typing import Any, Protocol
 
 from reptile.evaluate import evaluate
 from reptile.inner import InnerConfig
@@ -63,16 +64,24 @@ def mean_and_ci95(values: list[float]) -> tuple[float, float]:
     return mean, 1.96 * math.sqrt(variance / len(values))
 
 
-# (φ, seeds of held-out tasks, K shots, how to adapt, transductive) -> accuracy of each task,
-# in seed order
-HeldOutScorer = Callable[[Params, list[int], int, InnerConfig, bool], list[float]]
+# (φ, seeds of held-out tasks, their family's options, how to adapt, transductive) ->
+# accuracy of each task, in seed order
+HeldOutScorer = Callable[[Params, list[int], dict[str, Any], InnerConfig, bool], list[float]]
+
+FINAL_CI95 = 0.01  # the final evaluation draws tasks until its CI half-width is at most this
+FINAL_BATCH = 100  # held-out tasks the final evaluation draws at a time
 
 
 @dataclass
 class FewShotEvaluation:
     """Held-out accuracies, computed by `score`: the job's worker pool, which splits the tasks
     over its actors (a Conv4 evaluation adapts each task `eval_steps` times: costly for the
-    controller's cores, while the actors would wait)."""
+    controller's cores, while the actors would wait).
+
+    Periodic evaluations score the job's own ways on `eval_tasks` fixed tasks. The final one
+    (after the last round) scores every setting of `held_out_settings`, each on as many fixed
+    tasks as its 95 % CI needs to be at most 1 point (`FINAL_CI95`, up to `final_eval_tasks`).
+    """
 
     spec: ImageJobSpec
     dataset: str
@@ -84,12 +93,47 @@ class FewShotEvaluation:
         self.shown = self.spec.family(self.dataset, held_out_shots=self.spec.eval_shots[0])
         self.seeds = eval_task_seeds(self.spec.eval_tasks)
 
+    def held_out_settings(self, final: bool) -> list[tuple[int, int]]:
+        """(ways, shots) scored: the job's ways; at the end also `final_ways` (5 and 20, the
+        paper's), where the held-out split has the classes."""
+        spec, ways = self.spec, {self.spec.ways}
+        if final:
+            ways |= {w for w in spec.final_ways if w <= self.shown.num_classes}
+        return [(w, k) for w in sorted(ways) for k in spec.eval_shots]
+
+    def accuracies(self, phi: Params, ways: int, shots: int, seeds: list[int]) -> list[float]:
+        """Each task's accuracy, scored in calls of at most `max_work` (`eval_batches`)."""
+        spec = self.spec
+        options = spec.held_out_options(self.dataset, ways, shots)
+        size = spec.eval_batches(ways, shots, len(seeds))
+        accuracies: list[float] = []
+        for start in range(0, len(seeds), size):
+            chunk = seeds[start : start + size]
+            accuracies += self.score(phi, chunk, options, spec.eval_config(), spec.transductive)
+        return accuracies
+
+    def tight_accuracies(self, phi: Params, ways: int, shots: int) -> list[float]:
+        """Accuracies of fixed held-out tasks, drawn `FINAL_BATCH` at a time until their 95 % CI
+        half-width is at most `FINAL_CI95` or `final_eval_tasks` are scored."""
+        seeds = eval_task_seeds(self.spec.final_eval_tasks)  # the periodic ones come first
+        accuracies: list[float] = []
+        while len(accuracies) < len(seeds):
+            batch = seeds[len(accuracies) : len(accuracies) + FINAL_BATCH]
+            accuracies += self.accuracies(phi, ways, shots, batch)
+            if mean_and_ci95(accuracies)[1] <= FINAL_CI95:
+                break
+        return accuracies
+
     def __call__(self, phi: Params, done: int) -> tuple[dict[str, float], dict[str, Drawing]]:
-        spec, config = self.spec, self.spec.eval_config()
+        final = done == self.spec.rounds
         metrics = {}
-        for k in spec.eval_shots:
-            name = f"eval_acc_{spec.ways}w{k}s"
-            accuracies = self.score(phi, self.seeds, k, config, spec.transductive)
+        for ways, shots in self.held_out_settings(final):
+            name = f"eval_acc_{ways}w{shots}s"
+            if final:
+                accuracies = self.tight_accuracies(phi, ways, shots)
+                metrics[f"eval_tasks_{ways}w{shots}s"] = float(len(accuracies))
+            else:
+                accuracies = self.accuracies(phi, ways, shots, self.seeds)
             metrics[name], metrics[f"{name}_ci95"] = mean_and_ci95(accuracies)
         return metrics, {"plots/predictions.png": partial(self._prediction_grid, phi, done)}
 

@@ -284,4 +284,5 @@ def _load(tracking_uri: str, name: str, version: str) -> Source:
         model = mlflow.pyfunc.load_model(local).unwrap_python_model()
     if not isinstance(model, ReptileModel):
         raise RegistryError(f"{uri} is not a Reptile model (a {type(model).__name__})")
-    return replace(model.source, model=uri)
+    run_id = client.get_model_version(name, version).run_id
+    return replace(model.source, model=uri, run_id=run_id)

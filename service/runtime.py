@@ -5,20 +5,21 @@ Shared by the controller and `reptile train`, so both run and log a job the same
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from service.datasets import DatasetError, prepare_image_folder, prepare_omniglot
 from service.run_writer import RunWriter
 from service.settings import Settings
-from service.specs import AnyJobSpec, SineJobSpec
+from service.specs import AnyJobSpec, ImageJobSpec, SineJobSpec
 from service.tracking import ModelVersionRef, RunRef, Tracker
 from workers.pool import WorkerPool
 
 
-def prepare_dataset(settings: Settings, spec: AnyJobSpec) -> str | None:
+def prepare_dataset(settings: Settings, spec: AnyJobSpec, *, training: bool = True) -> str | None:
     """An image job's prepared data set (decoded once, cached by content); None for sine.
 
     Raises `DatasetError` (a ValueError) saying what is wrong with the path, the files, or
-    the job's N-way K-shot needs against the classes found.
+    (with `training`) the job's N-way K-shot needs against the classes found.
     """
     if isinstance(spec, SineJobSpec):
         return None
@@ -40,13 +41,21 @@ def prepare_dataset(settings: Settings, spec: AnyJobSpec) -> str | None:
             prepared = prepare_image_folder(source, cache, min_images=needed)
     except OSError as error:  # a name too long, a folder it may not read, …
         raise DatasetError(f"data {spec.data!r} cannot be read: {error.strerror}") from error
-    try:  # the splits must hold enough classes for N-way tasks: fail now, not in a worker
-        spec.family(str(prepared))
+    if training:
+        check_families(spec, str(prepared), training=True)
+    return str(prepared)
+
+
+def check_families(spec: ImageJobSpec, dataset: str, *, training: bool) -> None:
+    """Raise `DatasetError` unless the splits hold enough classes and images for the spec's
+    N-way tasks (the training split too, with `training`): fail now, not in a worker."""
+    try:
+        if training:
+            spec.family(dataset)
         for k in spec.eval_shots:
-            spec.family(str(prepared), held_out_shots=k)
+            spec.family(dataset, held_out_shots=k)
     except ValueError as error:
         raise DatasetError(str(error)) from error
-    return str(prepared)
 
 
 def make_pool(
@@ -54,10 +63,12 @@ def make_pool(
     spec: AnyJobSpec,
     dataset: str | None,
     should_stop: Callable[[], bool] = lambda: False,
+    task_options: dict[str, Any] | None = None,
 ) -> WorkerPool:
+    """The job's actors, on its training family, or on the family of `task_options`."""
     return WorkerPool(
         task=spec.task,
-        task_options=spec.task_options(dataset),
+        task_options=spec.task_options(dataset) if task_options is None else task_options,
         num_workers=spec.num_workers,
         num_gpus=spec.gpus_per_worker,
         round_timeout_s=settings.round_timeout_s,
@@ -79,17 +90,41 @@ def make_tracker(
     on_model: Callable[[ModelVersionRef], None] = lambda model: None,
 ) -> Tracker:
     """The job's MLflow run in the experiment `reptile-<task>`; every spec field is a param."""
-    uri = settings.tracking_uri
-    local = uri.startswith(("sqlite:", "file:")) or "://" not in uri
-    writer = RunWriter(
-        tracking_uri=uri,
-        experiment=f"reptile-{spec.task}",
-        artifact_location=f"{settings.artifact_root}/{spec.task}" if local else None,
+    writer = make_run_writer(
+        settings,
+        spec.task,
         run_name=run_name,
         params=spec.model_dump(),
-        tags={"service": "reptile", **tags},
+        tags=tags,
         run=run,
         on_run=on_run,
         on_model=on_model,
     )
     return Tracker(writer, staging_dir)
+
+
+def make_run_writer(
+    settings: Settings,
+    task: str,
+    *,
+    run_name: str,
+    params: dict[str, Any],
+    tags: dict[str, str],
+    run: RunRef | None = None,
+    on_run: Callable[[RunRef], None] = lambda run: None,
+    on_model: Callable[[ModelVersionRef], None] = lambda model: None,
+) -> RunWriter:
+    """A run of the experiment `reptile-<task>` (a job's, or an evaluation's)."""
+    uri = settings.tracking_uri
+    local = uri.startswith(("sqlite:", "file:")) or "://" not in uri
+    return RunWriter(
+        tracking_uri=uri,
+        experiment=f"reptile-{task}",
+        artifact_location=f"{settings.artifact_root}/{task}" if local else None,
+        run_name=run_name,
+        params=params,
+        tags={"service": "reptile", **tags},
+        run=run,
+        on_run=on_run,
+        on_model=on_model,
+    )

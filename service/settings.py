@@ -58,6 +58,11 @@ class Settings(BaseSettings):
     max_pending_jobs: int = Field(
         default=16, ge=1, description="Queued plus running jobs (429 for a submission beyond)"
     )
+    max_pending_evaluations: int = Field(
+        default=8,
+        ge=1,
+        description="Queued plus running evaluations (429 beyond; one runs at once)",
+    )
     api_token: SecretStr | None = Field(
         default=None,
         min_length=16,

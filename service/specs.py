@@ -28,6 +28,10 @@ if TYPE_CHECKING:  # imported where used: API clients read specs without loading
 
 Optimizer = Literal["sgd", "adam"]
 
+# The most classes a task may have: `reptile.tasks.fewshot.MAX_WAYS` (a test holds them equal;
+# this module does not import torch).
+MAX_WAYS = 50
+
 # MLflow's limit on a param value (`mlflow.utils.validation.MAX_PARAM_VAL_LENGTH`; a test holds
 # the two equal): every field is logged as a param, and MLflow refuses or truncates a longer one.
 MAX_PARAM_VALUE_LENGTH = 6000
@@ -93,9 +97,9 @@ class _JobSpecBase(BaseModel):
         """Labelled examples in one training task (what inner mini-batches are drawn from)."""
         raise NotImplementedError
 
-    @property
-    def eval_examples(self) -> int:
-        """Support examples one held-out task adapts on, over all of its evaluations."""
+    def eval_call_work(self) -> tuple[int, str]:
+        """The example-steps of the largest piece of an evaluation that runs without a stop
+        check, and what it is (for the message when it exceeds `max_work`)."""
         raise NotImplementedError
 
     @model_validator(mode="after")
@@ -111,11 +115,10 @@ class _JobSpecBase(BaseModel):
                 f"a round of meta_batch_size × inner_steps × inner_batch_size = {round_work:,} "
                 f"example-steps exceeds this service's limit of {self.max_work:,}"
             )
-        eval_work = self.eval_tasks * self.eval_steps * self.eval_examples
+        eval_work, what = self.eval_call_work()
         if eval_work > self.max_work:
             raise ValueError(
-                f"an evaluation of eval_tasks × eval_steps × {self.eval_examples} support "
-                f"examples = {eval_work:,} example-steps exceeds this service's limit of "
+                f"{what} = {eval_work:,} example-steps exceeds this service's limit of "
                 f"{self.max_work:,}"
             )
         if self.gpus_per_worker > 1 and not self.gpus_per_worker.is_integer():
@@ -181,9 +184,11 @@ class SineJobSpec(_JobSpecBase):
     def examples_per_task(self) -> int:
         return self.shots
 
-    @property
-    def eval_examples(self) -> int:
-        return self.eval_shots
+    def eval_call_work(self) -> tuple[int, str]:
+        # every held-out task adapts at once, in the controller (one stacked inner loop)
+        work = self.eval_tasks * self.eval_steps * self.eval_shots
+        what = f"an evaluation of eval_tasks × eval_steps × {self.eval_shots} support examples"
+        return work, what
 
     def task_options(self, dataset: str | None = None) -> dict[str, Any]:
         """Options of the task family (what an actor needs to rebuild tasks from seeds)."""
@@ -211,7 +216,7 @@ class _ImageJobSpec(_JobSpecBase):
         description="Data set path on the controller and worker machines (relative: to the "
         "service's data root)",
     )
-    ways: int = Field(default=5, ge=2, le=50, description="Classes per task (N)")
+    ways: int = Field(default=5, ge=2, le=MAX_WAYS, description="Classes per task (N)")
     shots: int = Field(default=10, ge=1, le=100, description="Images per class, training tasks")
     eval_shots: list[Annotated[int, Field(ge=1, le=100)]] = Field(
         default=[1, 5], min_length=1, max_length=4, description="K of the held-out K-shot evals"
@@ -233,17 +238,46 @@ class _ImageJobSpec(_JobSpecBase):
     outer_optimizer: Optimizer = Field(default="sgd", description="Outer optimiser")
     meta_batch_size: int = Field(default=5, ge=1, le=1024, description="Tasks per round")
     eval_steps: int = Field(default=50, ge=1, le=1000, description="Eval adaptation steps")
+    final_eval_tasks: int = Field(
+        default=1000,
+        ge=1,
+        le=10_000,
+        description="Most held-out tasks per setting in the final evaluation, drawn until the "
+        "95 % CI half-width is at most 1 point",
+    )
 
     # a Conv4 step costs far more than an MLP step per example
     max_work: ClassVar[int] = 200_000
+    # the final evaluation scores these ways too, beside the job's own, where the held-out
+    # classes suffice (the paper's 5-way and 20-way settings)
+    final_ways: ClassVar[tuple[int, ...]] = (5, 20)
 
     @property
     def examples_per_task(self) -> int:
         return self.ways * self.shots
 
-    @property
-    def eval_examples(self) -> int:
-        return self.ways * sum(self.eval_shots)
+    def eval_call_work(self) -> tuple[int, str]:
+        # held-out tasks go to the actors in batches of at most `max_work` (`eval_batches`):
+        # the largest piece is one task of the final evaluation's widest setting
+        ways = max(self.ways, *self.final_ways)
+        work = self.eval_steps * ways * max(self.eval_shots)
+        return work, (
+            f"one held-out task of eval_steps × {ways} ways × {max(self.eval_shots)} shots"
+        )
+
+    def eval_batches(self, ways: int, shots: int, tasks: int) -> int:
+        """How many held-out tasks of `ways` × `shots` one evaluation call may hold."""
+        return max(1, min(tasks, self.max_work // (self.eval_steps * ways * shots)))
+
+    def held_out_options(self, dataset: str, ways: int, shots: int) -> dict[str, Any]:
+        """Family options of the held-out tasks of `ways` classes and `shots` support images
+        (any `ways`: `reptile.tasks.fewshot.with_ways` fits φ's head to it)."""
+        return {
+            **self.task_options(dataset),
+            "ways": ways,
+            "split": "test",
+            "eval_shots": shots,
+        }
 
     def task_options(self, dataset: str | None = None) -> dict[str, Any]:
         """Family options; `dataset` is the prepared file made from `data` at submission."""
@@ -265,8 +299,12 @@ class _ImageJobSpec(_JobSpecBase):
         from reptile.tasks import make_family
         from reptile.tasks.fewshot import FewShotFamily
 
-        split = {} if held_out_shots is None else {"split": "test", "eval_shots": held_out_shots}
-        family = make_family(self.task, **self.task_options(dataset), **split)
+        if held_out_shots is None:
+            options = self.task_options(dataset)
+        else:
+            assert dataset is not None, "held-out tasks come from the prepared data set"
+            options = self.held_out_options(dataset, self.ways, held_out_shots)
+        family = make_family(self.task, **options)
         assert isinstance(family, FewShotFamily)
         return family
 

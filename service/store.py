@@ -4,6 +4,7 @@
     <data_dir>/jobs/<id>/checkpoint.safetensors φ, outer optimiser, round (see weights.py)
     <data_dir>/jobs/<id>/weights.safetensors    the final (or cancelled-at) meta-weights
     <data_dir>/adaptations/<id>/record.json and weights.safetensors
+    <data_dir>/evaluations/<id>.json            request, state, results, MLflow ids
 
 Ids are random UUID hex strings; anything else is rejected before it touches a path.
 """
@@ -15,6 +16,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from reptile.params import Params
+from service.evaluation_schemas import EvaluationRecord
 from service.files import atomic_write
 from service.records import AdaptationRecord, JobRecord
 from service.weights import read_weights, write_weights
@@ -35,8 +37,9 @@ class Store:
     def __init__(self, data_dir: Path) -> None:
         self.jobs_dir = data_dir / "jobs"
         self.adaptations_dir = data_dir / "adaptations"
-        self.jobs_dir.mkdir(parents=True, exist_ok=True)
-        self.adaptations_dir.mkdir(parents=True, exist_ok=True)
+        self.evaluations_dir = data_dir / "evaluations"
+        for directory in (self.jobs_dir, self.adaptations_dir, self.evaluations_dir):
+            directory.mkdir(parents=True, exist_ok=True)
 
     # --- jobs ---
     def job_dir(self, job_id: str) -> Path:
@@ -88,3 +91,28 @@ class Store:
 
     def load_adaptation_weights(self, adaptation_id: str) -> Params:
         return read_weights(self.adaptation_dir(adaptation_id) / "weights.safetensors")
+
+    # --- evaluations ---
+    def _evaluation_path(self, evaluation_id: str) -> Path:
+        if not valid_id(evaluation_id):
+            raise KeyError(evaluation_id)
+        return self.evaluations_dir / f"{evaluation_id}.json"
+
+    def save_evaluation(self, record: EvaluationRecord) -> None:
+        atomic_write(self._evaluation_path(record.id), record.model_dump_json(indent=2).encode())
+
+    def load_evaluation(self, evaluation_id: str) -> EvaluationRecord:
+        path = self._evaluation_path(evaluation_id)
+        if not path.exists():
+            raise KeyError(evaluation_id)
+        return EvaluationRecord.model_validate_json(path.read_bytes())
+
+    def load_evaluations(self) -> list[EvaluationRecord]:
+        """Every readable evaluation record, oldest first."""
+        records = []
+        for path in self.evaluations_dir.glob("*.json"):
+            try:
+                records.append(EvaluationRecord.model_validate_json(path.read_bytes()))
+            except (OSError, ValidationError):
+                continue
+        return sorted(records, key=lambda r: r.created_at)

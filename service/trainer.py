@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -45,7 +45,12 @@ class RoundRunner(Protocol):
     def keep(self, count: int) -> None: ...
 
     def score_held_out(
-        self, phi: Params, seeds: list[int], shots: int, config: InnerConfig, transductive: bool
+        self,
+        phi: Params,
+        seeds: list[int],
+        family: dict[str, Any],
+        config: InnerConfig,
+        transductive: bool,
     ) -> list[float]: ...
 
 

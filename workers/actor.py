@@ -12,6 +12,7 @@ and those round trips are most of a small round's overhead. Only a large φ goes
 argument, from the object store.
 """
 
+import json
 import os
 import pickle
 import resource
@@ -23,16 +24,20 @@ from typing import Any, TypeVar
 import numpy as np
 import ray
 import torch
+from torch import nn
 
 from reptile.evaluate import held_out_accuracies
 from reptile.inner import InnerConfig, InnerStep, batched_step, run_tasks
 from reptile.meta import MetaConfig, MetaOptimizer
 from reptile.params import from_numpy, to_numpy
 from reptile.rounds import run_rounds
-from reptile.tasks import TaskFamily, make_family
+from reptile.tasks import make_family
+from reptile.tasks.fewshot import FewShotFamily, with_ways
 from workers.memory import keep_freed_memory
 
 T = TypeVar("T")
+
+HELD_OUT_FAMILIES = 8  # held-out families (and models) an actor keeps built
 
 
 def pack(value: object) -> bytes:
@@ -104,12 +109,13 @@ class RoundsOutput:
 
 @dataclass(frozen=True)
 class HeldOutRequest:
-    """One chunk of a held-out evaluation: tasks of `seeds` with `shots` support examples per
-    class, adapted as `config` says and classified `transductive`ly or not; φ as in
-    `ChunkRequest`."""
+    """One chunk of a held-out evaluation: tasks of `seeds` from the family of `family` (options
+    of the actor's task family: the held-out split, any ways, shots, data set or groups),
+    adapted as `config` says and classified `transductive`ly or not; φ as in `ChunkRequest`,
+    its head fitted to the family's ways (`with_ways`)."""
 
     seeds: np.ndarray  # uint64
-    shots: int
+    family: dict[str, Any]
     config: InnerConfig
     transductive: bool
     phi: dict[str, np.ndarray] | None = None
@@ -160,7 +166,8 @@ class InnerLoopWorker:
         # outside Ray (a unit test, a notebook) there is no node, and asking would start Ray
         self.node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
         self.steps: dict[tuple[InnerConfig, bool], InnerStep] = {}  # by (config, compile)
-        self.held_out: dict[int, TaskFamily] = {}  # the held-out family of each K shots
+        # held-out families and their models, by options (JSON), the latest few
+        self.held_out: dict[str, tuple[FewShotFamily, nn.Module]] = {}
 
     def run_chunk(self, request: bytes, stored_phi: dict[str, np.ndarray] | None = None) -> bytes:
         """Adapt φ to the tasks of a packed `ChunkRequest`; returns a packed `ChunkOutput`.
@@ -232,14 +239,18 @@ class InnerLoopWorker:
         packed `HeldOutOutput`. An image family's held-out classes (its "test" split) only."""
         call = unpack(request, HeldOutRequest)
         phi = _phi_of(call.phi, stored_phi)
-        if call.shots not in self.held_out:
-            self.held_out[call.shots] = make_family(
-                self.task, **self.task_options, split="test", eval_shots=call.shots
-            )
+        key = json.dumps(call.family, sort_keys=True)
+        if key not in self.held_out:
+            if len(self.held_out) >= HELD_OUT_FAMILIES:  # the oldest goes
+                del self.held_out[next(iter(self.held_out))]
+            family = make_family(self.task, **call.family)
+            assert isinstance(family, FewShotFamily), "held-out tasks of an image family only"
+            self.held_out[key] = family, family.make_model().to(self.device)
+        family, model = self.held_out[key]
         accuracies = held_out_accuracies(
-            self.held_out[call.shots],
-            self.model,
-            from_numpy(phi),
+            family,
+            model,
+            with_ways(from_numpy(phi), family.ways),
             call.seeds.tolist(),
             call.config,
             transductive=call.transductive,

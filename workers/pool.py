@@ -174,18 +174,23 @@ class WorkerPool:
         del self.actors[count:]
 
     def score_held_out(
-        self, phi: Params, seeds: list[int], shots: int, config: InnerConfig, transductive: bool
+        self,
+        phi: Params,
+        seeds: list[int],
+        family: dict[str, Any],
+        config: InnerConfig,
+        transductive: bool,
     ) -> list[float]:
-        """The accuracy after adapting as `config` says of each held-out task of `seeds`
-        (`shots` examples per class; `transductive`: see `reptile.evaluate.classify`), in seed
-        order: an image job's evaluation, split over the actors like a round.
+        """The accuracy after adapting as `config` says of each held-out task of `seeds` (tasks
+        of the family of options `family`; `transductive`: see `reptile.evaluate.classify`), in
+        seed order: an image job's evaluation, split over the actors like a round.
 
-        Its chunks run under the round's deadline: the spec bounds an evaluation's work as it
-        bounds a round's (`max_work`).
+        Its chunks run under the round's deadline: callers bound a call's work as the spec
+        bounds a round's (`max_work`, `eval_batches`).
         """
         inline, stored = self._phi_args(phi)
         requests = [
-            pack(HeldOutRequest(np.array(chunk, np.uint64), shots, config, transductive, inline))
+            pack(HeldOutRequest(np.array(chunk, np.uint64), family, config, transductive, inline))
             for chunk in split(seeds, len(self.actors))
         ]
         outputs = [

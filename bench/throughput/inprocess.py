@@ -62,10 +62,15 @@ class InProcessRunner:
         pass  # one worker, this process
 
     def score_held_out(
-        self, phi: Params, seeds: list[int], shots: int, config: InnerConfig, transductive: bool
+        self,
+        phi: Params,
+        seeds: list[int],
+        family: dict[str, Any],
+        config: InnerConfig,
+        transductive: bool,
     ) -> list[float]:
         request = HeldOutRequest(
-            np.array(seeds, np.uint64), shots, config, transductive, to_numpy(phi)
+            np.array(seeds, np.uint64), family, config, transductive, to_numpy(phi)
         )
         output = unpack(self.worker.score_held_out(pack(request)), HeldOutOutput)
         return list(output.accuracies.tolist())

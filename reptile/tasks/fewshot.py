@@ -34,6 +34,8 @@ IMAGES_FORMAT = "reptile-images/1"
 # close to the paper's 423 of 1,623), enough for 20-way tasks; the other 178 characters train.
 OMNIGLOT_HELD_OUT = ("Japanese_(katakana)", "Tagalog")
 QUARTER_TURNS = 4  # rotations by 0/90/180/270° make 4 classes of each training character
+MAX_WAYS = 50  # the most classes a task, an adaptation or an evaluation may have
+HEAD = ("head.weight", "head.bias")  # Conv4's classifier: one row per class
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,31 @@ def fewshot_model(ways: int, channels: int, image_size: int) -> nn.Module:
     is rebuilt without its data set."""
     filters = 64 if image_size <= 28 else 32  # the paper's Omniglot / Mini-ImageNet widths
     return Conv4(ways, channels, image_size, filters)
+
+
+def head_ways(phi: Params) -> int:
+    """The number of classes φ's head scores."""
+    return int(phi["head.bias"].shape[0])
+
+
+def with_ways(phi: Params, ways: int) -> Params:
+    """φ with a head for `ways` classes: unchanged for the ways it was trained with; else
+    every row and bias the mean of the trained ones.
+
+    Training tasks label their classes in a fresh random order (`FewShotFamily._draw`), so the
+    trained rows are exchangeable and none belongs to a class: their mean is what they share.
+    With equal rows every class starts at the same logit and the inner loop tells them apart
+    (softmax ignores the shared part, so zero rows would adapt the same way).
+    """
+    if not 2 <= ways <= MAX_WAYS:
+        raise ValueError(f"a task has 2 to {MAX_WAYS} classes, not {ways}")
+    if head_ways(phi) == ways:
+        return phi
+    resized = dict(phi)
+    for name in HEAD:
+        mean = phi[name].mean(0, keepdim=True)  # (1, features) or (1,)
+        resized[name] = mean.expand(ways, *mean.shape[1:]).clone()
+    return resized
 
 
 def fewshot_loss(predictions: Tensor, targets: Tensor) -> Tensor:

@@ -143,6 +143,7 @@ IMAGE_JOB = {
     "eval_every": 0,
     "eval_tasks": 2,
     "eval_steps": 2,
+    "final_eval_tasks": 2,
     "num_workers": 1,
 }
 
@@ -300,8 +301,7 @@ def test_adapt_an_image_job_to_labelled_images(server: Server, tmp_path: Path) -
     )
     assert one_class.returncode == 1
     assert one_class.stderr == (
-        "error: HTTP 422: the job meta-trained 3-way tasks; "
-        "the support set has 1 distinct labels ['b']\n"
+        "error: HTTP 422: a support set needs 2 to 50 distinct labels (classes); it has 1: ['b']\n"
     )
 
 

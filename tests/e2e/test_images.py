@@ -25,6 +25,7 @@ TINY = {
     "eval_every": 15,
     "eval_tasks": 10,
     "eval_steps": 20,
+    "final_eval_tasks": 10,
     "checkpoint_every": 15,
 }
 
@@ -173,6 +174,48 @@ def test_image_adaptation_json_and_multipart(server: Server, trained: dict[str, 
         assert from_model.json()["predictions"] == response.json()["predictions"]
 
 
+def _rgb_jpeg(png: bytes) -> bytes:
+    """A drawing as users may send it: the 105×105 original re-encoded as an RGB JPEG."""
+    with Image.open(io.BytesIO(png)) as opened:
+        assert opened.size == (105, 105) and opened.mode == "1"  # Lake's originals
+        buffer = io.BytesIO()
+        opened.convert("RGB").save(buffer, format="JPEG", quality=95)
+    return buffer.getvalue()
+
+
+def test_a_3_way_model_adapts_to_5_way_tasks_of_105px_pngs_and_jpegs(
+    server: Server, trained: dict[str, object]
+) -> None:
+    encode = lambda images: [base64.b64encode(i).decode() for i in images]  # noqa: E731
+    labels = ["a", "b", "c", "d", "e"]
+    support = [_character(server, 3, c, 1) for c in range(1, 6)]
+    query = [_character(server, 3, c, 4) for c in (5, 4, 3, 2, 1)]
+    mlflow = trained["mlflow"]
+    assert isinstance(mlflow, dict)
+    with server.client() as client:
+        answers = []
+        for images in (support, [_rgb_jpeg(png) for png in support]):
+            for path, extra in (
+                (f"/v1/jobs/{trained['id']}/adaptations", {}),
+                ("/v1/adaptations", {"model": mlflow["model_uri"]}),
+            ):
+                body = {
+                    "support": {"images": encode(images), "labels": labels},
+                    "query": {"images": encode(query)},
+                    "steps": 30,
+                    **extra,
+                }
+                response = client.post(path, json=body)
+                assert response.status_code == 201, response.text
+                created = response.json()
+                assert created["support_loss"]["after"] < created["support_loss"]["before"]
+                assert all(set(p["probabilities"]) == set(labels) for p in created["predictions"])
+                answers.append([p["label"] for p in created["predictions"]])
+    assert answers[0] == answers[1]  # the job's φ and its registered model: one adaptation
+    for labelled in answers:  # drawings of the held-out alphabet, never trained on
+        assert sum(a == b for a, b in zip(labelled, "edcba", strict=True)) >= 3, answers
+
+
 def test_bad_image_adaptations_get_a_4xx(server: Server, trained: dict[str, object]) -> None:
     job_id = trained["id"]
     good = [base64.b64encode(_character(server, 3, c, 1)).decode() for c in (1, 2, 3)]
@@ -180,7 +223,10 @@ def test_bad_image_adaptations_get_a_4xx(server: Server, trained: dict[str, obje
     Image.new("L", (3, 3)).save(tiny, format="PNG")
     cases = [
         ({"support": {"images": good, "labels": ["a", "b"]}}, "3 support images but 2 labels"),
-        ({"support": {"images": good, "labels": ["a", "a", "b"]}}, "has 2 distinct labels"),
+        (
+            {"support": {"images": good[:1], "labels": ["a"]}},
+            "a support set needs 2 to 50 distinct labels (classes); it has 1",
+        ),
         (
             {
                 "support": {
@@ -213,6 +259,77 @@ def test_bad_image_adaptations_get_a_4xx(server: Server, trained: dict[str, obje
             assert message in response.text, (message, response.text[:500])
 
 
+def test_a_model_is_evaluated_on_any_ways_and_shots_as_a_resource(
+    server: Server, trained: dict[str, object]
+) -> None:
+    mlflow = trained["mlflow"]
+    assert isinstance(mlflow, dict)
+    body = {"ways": [3, 5], "shots": [1, 2], "tasks": 20, "steps": 10}
+    with server.client() as client:
+        response = client.post(f"/v1/jobs/{trained['id']}/evaluations", json=body)
+        assert response.status_code == 202, response.text
+        assert response.json()["state"] == "queued"
+        location = response.headers["location"]
+        done = wait_for_state(
+            client, location.rsplit("/", 1)[1], {"succeeded", "failed"}, resource="evaluations"
+        )
+        assert done["state"] == "succeeded", done
+        assert done["request"] == {**response.json()["request"], **body}
+        results = {(r["ways"], r["shots"]): r for r in done["results"]}
+        assert set(results) == {(3, 1), (3, 2), (5, 1), (5, 2)}
+        for result in results.values():
+            assert 0 <= result["accuracy"] <= 1 and result["ci95"] >= 0 and result["tasks"] == 20
+        assert results[(3, 2)]["accuracy"] > 0.5  # chance is 1/3: the model learnt
+        assert client.get("/v1/evaluations").json()["count"] >= 1
+
+        # the registered model: the same φ scored on the same tasks
+        model = {"model": mlflow["model_uri"], "ways": [5], "shots": [1], "tasks": 20, "steps": 10}
+        response = client.post("/v1/evaluations", json=model)
+        assert response.status_code == 202, response.text
+        again = wait_for_state(
+            client, response.json()["id"], {"succeeded", "failed"}, resource="evaluations"
+        )
+        assert again["state"] == "succeeded", again
+        assert again["model"] == mlflow["model_uri"]
+        assert again["results"][0]["accuracy"] == results[(5, 1)]["accuracy"]
+
+    # each an MLflow run nested under the job's run, with a metric per setting
+    tracking = MlflowClient(server.tracking_uri)
+    for evaluation in (done, again):
+        run = tracking.get_run(evaluation["mlflow"]["run_id"])
+        assert run.data.tags["mlflow.parentRunId"] == mlflow["run_id"]
+        assert run.data.tags["evaluation_id"] == evaluation["id"]
+        assert run.info.status == "FINISHED"
+        for result in evaluation["results"]:
+            name = f"eval_acc_{result['ways']}w{result['shots']}s"
+            assert run.data.metrics[name] == pytest.approx(result["accuracy"])
+
+
+def test_bad_evaluations_get_a_clear_4xx(server: Server, trained: dict[str, object]) -> None:
+    path = f"/v1/jobs/{trained['id']}/evaluations"
+    cases = [
+        ({"ways": [10]}, 422, "10-way tasks need 10 classes in the test split; it has 6"),
+        ({"groups": ["Nope"]}, 422, "names groups ['Nope'] that the data set lacks"),
+        ({"data": "missing"}, 422, "data: "),
+        ({"shots": [5], "queries": 5}, 422, "has 6 images in"),
+        ({"tasks": 20_000}, 422, "less than or equal to 10000"),
+        ({"ways": [1]}, 422, "greater than or equal to 2"),
+        ({"steps": 1000, "shots": [60]}, 422, "exceeds this service's limit"),
+        ({"way": [5]}, 422, "Extra inputs are not permitted"),
+    ]
+    with server.client() as client:
+        before = client.get("/v1/evaluations").json()["count"]
+        for body, code, message in cases:
+            response = client.post(path, json=body)
+            assert response.status_code == code, (body, response.text)
+            assert message in response.text, (body, response.text)
+        assert client.get("/v1/evaluations").json()["count"] == before  # nothing stored
+        assert client.post(f"/v1/jobs/{'0' * 32}/evaluations", json={}).status_code == 404
+        assert client.get(f"/v1/evaluations/{'0' * 32}").status_code == 404
+        missing = client.post("/v1/evaluations", json={"model": "models:/nope/1"})
+        assert missing.status_code == 404, missing.text
+
+
 def test_an_image_folder_job_trains_on_rgb_images(server: Server) -> None:
     body = {
         "task": "image_folder",
@@ -227,6 +344,7 @@ def test_an_image_folder_job_trains_on_rgb_images(server: Server) -> None:
         "eval_every": 0,
         "eval_tasks": 2,
         "eval_steps": 3,
+        "final_eval_tasks": 2,
     }
     with server.client() as client:
         response = client.post("/v1/jobs", json=body)

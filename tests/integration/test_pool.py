@@ -16,7 +16,7 @@ from reptile.meta import MetaConfig, MetaOptimizer, OuterOptimizer, epsilon, met
 from reptile.params import Params, from_numpy, init_params, scale, to_numpy
 from reptile.serial import train_serial
 from reptile.tasks import eval_task_seeds, make_family, task_seeds
-from reptile.tasks.fewshot import ImageSet
+from reptile.tasks.fewshot import ImageSet, with_ways
 from tests.utils.net import wait_until
 from workers.actor import RoundsRequest
 from workers.cluster import gpus_needed
@@ -209,9 +209,11 @@ def _image_set(path: Path) -> str:
 
 def test_held_out_scores_split_over_actors_equal_one_process(tmp_path: Path) -> None:
     """An image job's evaluation on the actors: every task's accuracy as in one process, in
-    seed order, with Conv4's φ (450 KB) through the object store, and after a lost actor."""
+    seed order, with Conv4's φ (450 KB) through the object store, after a lost actor, and for
+    held-out tasks of more ways than φ was trained with."""
     options = {"dataset": _image_set(tmp_path / "images.pt"), "ways": 3, "held_out": ["g3"]}
-    family = make_family("omniglot", **options, split="test", eval_shots=2)
+    held_out = {**options, "split": "test", "eval_shots": 2}
+    family = make_family("omniglot", **held_out)
     model = family.make_model()
     phi = init_params(model, 0)
     config = InnerConfig(steps=3, lr=0.003, optimizer="adam")
@@ -220,8 +222,14 @@ def test_held_out_scores_split_over_actors_equal_one_process(tmp_path: Path) -> 
     assert len(set(expected)) > 1  # the order is checked
     pool = WorkerPool(task="omniglot", task_options=options, num_workers=2)
     try:
-        assert pool.score_held_out(phi, seeds, 2, config, False) == pytest.approx(expected)
+        assert pool.score_held_out(phi, seeds, held_out, config, False) == pytest.approx(expected)
         os.kill(ray.get(pool.actors[0].pid.remote()), signal.SIGKILL)
-        assert pool.score_held_out(phi, seeds, 2, config, False) == pytest.approx(expected)
+        assert pool.score_held_out(phi, seeds, held_out, config, False) == pytest.approx(expected)
+        wider = make_family("omniglot", **{**held_out, "ways": 4})
+        four_way = held_out_accuracies(
+            wider, wider.make_model(), with_ways(phi, 4), seeds, config, transductive=False
+        )
+        scored = pool.score_held_out(phi, seeds, {**held_out, "ways": 4}, config, False)
+        assert scored == pytest.approx(four_way)
     finally:
         pool.shutdown()

@@ -12,7 +12,7 @@ from reptile.inner import InnerConfig, InnerOptimizer, run_tasks
 from reptile.models import Conv4
 from reptile.params import init_params
 from reptile.tasks import make_family, task_seeds
-from reptile.tasks.fewshot import FewShotFamily, ImageSet
+from reptile.tasks.fewshot import HEAD, MAX_WAYS, FewShotFamily, ImageSet, head_ways, with_ways
 
 GROUPS, CLASSES_PER_GROUP, IMAGES_PER_CLASS, SIDE = 4, 5, 8, 16
 Drawn = tuple[str, int, int]  # (class name, image index, quarter turns)
@@ -232,3 +232,22 @@ def test_conv4_cannot_take_stacked_weights(dataset: str) -> None:
 def test_accuracy_is_the_fraction_of_correct_argmaxes() -> None:
     logits = torch.tensor([[2.0, 1.0], [0.0, 3.0], [5.0, 0.0], [0.0, 1.0]])
     assert accuracy(logits, torch.tensor([0, 1, 1, 0])).item() == 0.5
+
+
+def test_a_head_for_other_ways_starts_every_class_at_the_trained_rows_mean() -> None:
+    torch.manual_seed(0)
+    phi = {n: p.detach() for n, p in Conv4(5, 1, 28).named_parameters()}
+    assert with_ways(phi, 5) is phi  # the trained ways: the trained head, unchanged
+    for ways in (2, 20, MAX_WAYS):
+        resized = with_ways(phi, ways)
+        assert head_ways(resized) == ways
+        assert resized["head.weight"].shape == (ways, phi["head.weight"].shape[1])
+        for name in HEAD:
+            assert torch.equal(resized[name], phi[name].mean(0).expand_as(resized[name]))
+        assert all(torch.equal(resized[n], phi[n]) for n in phi if n not in HEAD)
+        model = Conv4(ways, 1, 28)
+        logits = functional_call(model, resized, (torch.rand(3, 1, 28, 28),))
+        assert torch.allclose(logits, logits[:, :1].expand_as(logits))  # no class favoured
+    for ways in (1, MAX_WAYS + 1):
+        with pytest.raises(ValueError, match=f"2 to {MAX_WAYS} classes, not {ways}"):
+            with_ways(phi, ways)

@@ -113,16 +113,21 @@ def events(
 
 
 def wait_for_state(
-    client: httpx.Client, job_id: str, states: set[str], timeout: float = 300
+    client: httpx.Client,
+    job_id: str,
+    states: set[str],
+    timeout: float = 300,
+    resource: str = "jobs",
 ) -> dict[str, Any]:
+    """The record of `/v1/<resource>/<job_id>` once its state is one of `states`."""
     record: dict[str, Any] = {}
 
     def reached() -> bool:
         nonlocal record
-        record = client.get(f"/v1/jobs/{job_id}").json()
+        record = client.get(f"/v1/{resource}/{job_id}").json()
         return record["state"] in states
 
-    wait_until(reached, timeout, f"job {job_id} to reach {states}", every=0.5)
+    wait_until(reached, timeout, f"{resource} {job_id} to reach {states}", every=0.5)
     return record
 
 

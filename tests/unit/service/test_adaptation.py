@@ -103,3 +103,21 @@ def test_images_are_decoded_and_checked_in_one_place_for_the_api_and_the_pyfunc(
         with pytest.raises(ValidationError):  # the API's JSON body fails alike
             support = {"images": bad["support_images"], "labels": bad["support_labels"]}
             parse_adaptation(spec, {"support": support}, strict=True)
+
+
+def test_a_model_trained_n_way_adapts_to_any_number_of_classes() -> None:
+    spec = OmniglotJobSpec(task="omniglot", data="unused", ways=5, eval_steps=20)
+    torch.manual_seed(0)
+    phi = {n: p.detach() for n, p in fewshot_model(5, 1, 28).named_parameters()}
+    source = Source(spec, phi, job_id="a" * 32, round=1, image_shape=ImageShape(28, 1))
+    for ways in (2, 5, 20):
+        images = [_png(seed) for seed in range(ways)]
+        labels = [f"class{i}" for i in range(ways)]
+        body = {"support": {"images": images, "labels": labels}, "query": {"images": images}}
+        outcome = adapt(source, parse_adaptation(spec, body, strict=True))
+        assert outcome.weights["head.weight"].shape[0] == ways
+        assert outcome.support_loss["after"] < outcome.support_loss["before"]
+        predictions = TypeAdapter(list[ClassPrediction]).validate_python(outcome.predictions)
+        assert all(set(p.probabilities) == set(labels) for p in predictions)
+        # 20 steps on its own support set: each support image is told apart from the others
+        assert [p.label for p in predictions] == labels

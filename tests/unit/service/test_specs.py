@@ -7,7 +7,8 @@ from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 from pydantic import ValidationError
 
 from api.cli.local import read_job_file
-from service.specs import MAX_PARAM_VALUE_LENGTH, OmniglotJobSpec, SineJobSpec, parse_spec
+from reptile.tasks import fewshot
+from service.specs import MAX_PARAM_VALUE_LENGTH, MAX_WAYS, OmniglotJobSpec, SineJobSpec, parse_spec
 
 
 def test_every_field_is_optional_and_task_defaults_to_sine() -> None:
@@ -52,6 +53,11 @@ def test_gpus_per_worker_is_a_fraction_of_one_gpu_or_whole_gpus() -> None:
         ({"task": "omniglot"}, "Field required"),
         ({"data": "x"}, "Extra inputs are not permitted"),
         ({"task": "omniglot", "data": "x", "ways": 1}, "greater than or equal to 2"),
+        ({"task": "omniglot", "data": "x", "ways": 51}, "less than or equal to 50"),
+        (
+            {"task": "omniglot", "data": "x", "eval_steps": 1000, "eval_shots": [20]},
+            "one held-out task of eval_steps × 20 ways × 20 shots = 400,000",
+        ),
         ({"gpus_per_worker": 1.5}, "above 1 it must be a whole number"),
         ({"gpus_per_worker": -0.5}, "greater than or equal to 0"),
         (  # 40 names of 200 characters: each field is an MLflow param, which MLflow refuses
@@ -75,3 +81,14 @@ def test_a_yaml_job_file_reads_exponent_floats_as_numbers(tmp_path: Path) -> Non
 
 def test_the_param_length_limit_is_mlflows() -> None:
     assert MAX_PARAM_VALUE_LENGTH == MAX_PARAM_VAL_LENGTH
+
+
+def test_a_20_way_image_job_runs_on_its_defaults() -> None:
+    spec = parse_spec({"task": "omniglot", "data": "x", "ways": 20})
+    assert isinstance(spec, OmniglotJobSpec) and spec.eval_tasks == 50
+    # its held-out tasks go to the actors in calls within the work limit
+    assert spec.eval_batches(20, 5, 1000) * spec.eval_steps * 20 * 5 <= spec.max_work
+
+
+def test_the_ways_limit_is_the_models() -> None:
+    assert MAX_WAYS == fewshot.MAX_WAYS

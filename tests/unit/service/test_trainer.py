@@ -2,6 +2,7 @@
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -66,7 +67,12 @@ class InProcessRunner:
         self.kept = count
 
     def score_held_out(
-        self, phi: Params, seeds: list[int], shots: int, config: InnerConfig, transductive: bool
+        self,
+        phi: Params,
+        seeds: list[int],
+        family: dict[str, Any],
+        config: InnerConfig,
+        transductive: bool,
     ) -> list[float]:
         raise AssertionError("sine jobs are evaluated in the trainer's process")
 
