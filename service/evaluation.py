@@ -64,6 +64,19 @@ def mean_and_ci95(values: list[float]) -> tuple[float, float]:
     return mean, 1.96 * math.sqrt(variance / len(values))
 
 
+def accuracy_metrics(
+    ways: int, shots: int, accuracies: list[float], *, count: bool
+) -> dict[str, float]:
+    """One setting's metrics, as a job's evaluations and evaluation runs log them:
+    `eval_acc_<w>w<k>s`, its `…_ci95` and, with `count`, the tasks scored `eval_tasks_<w>w<k>s`."""
+    setting = f"{ways}w{shots}s"
+    accuracy, ci95 = mean_and_ci95(accuracies)
+    metrics = {f"eval_acc_{setting}": accuracy, f"eval_acc_{setting}_ci95": ci95}
+    if count:
+        metrics[f"eval_tasks_{setting}"] = float(len(accuracies))
+    return metrics
+
+
 # (φ, seeds of held-out tasks, their family's options, how to adapt, transductive) ->
 # accuracy of each task, in seed order
 HeldOutScorer = Callable[[Params, list[int], dict[str, Any], InnerConfig, bool], list[float]]
@@ -126,15 +139,13 @@ class FewShotEvaluation:
 
     def __call__(self, phi: Params, done: int) -> tuple[dict[str, float], dict[str, Drawing]]:
         final = done == self.spec.rounds
-        metrics = {}
+        metrics: dict[str, float] = {}
         for ways, shots in self.held_out_settings(final):
-            name = f"eval_acc_{ways}w{shots}s"
             if final:
                 accuracies = self.tight_accuracies(phi, ways, shots)
-                metrics[f"eval_tasks_{ways}w{shots}s"] = float(len(accuracies))
             else:
                 accuracies = self.accuracies(phi, ways, shots, self.seeds)
-            metrics[name], metrics[f"{name}_ci95"] = mean_and_ci95(accuracies)
+            metrics |= accuracy_metrics(ways, shots, accuracies, count=final)
         return metrics, {"plots/predictions.png": partial(self._prediction_grid, phi, done)}
 
     def _prediction_grid(self, phi: Params, done: int) -> bytes:

@@ -23,7 +23,7 @@ from reptile.tasks.fewshot import load_images
 from service.adaptation import Source
 from service.datasets import DatasetError
 from service.errors import Busy, Invalid, NotFound, Unavailable
-from service.evaluation import FewShotEvaluation, mean_and_ci95
+from service.evaluation import FewShotEvaluation, accuracy_metrics, mean_and_ci95
 from service.evaluation_schemas import (
     EvaluationCreate,
     EvaluationRecord,
@@ -160,10 +160,10 @@ class Evaluations:
         record.state = EvaluationState.running
         self._save(record)
         try:
-            record.results = self._score(record, source, spec)
+            record.results, metrics = self._score(record, source, spec)
             if self._stop.is_set():
                 raise RuntimeError("interrupted by a controller shutdown; submit it again")
-            record.mlflow = self._log(record, spec)
+            record.mlflow = self._log(record, spec, metrics)
             record.state = EvaluationState.succeeded
         except Exception as error:
             log.exception("evaluation %s failed", record.id)
@@ -173,8 +173,9 @@ class Evaluations:
 
     def _score(
         self, record: EvaluationRecord, source: Source, spec: ImageJobSpec
-    ) -> list[SettingResult]:
-        """Every (ways, shots) setting of the request, on the evaluation's own actors."""
+    ) -> tuple[list[SettingResult], dict[str, float]]:
+        """Every (ways, shots) setting of the request, on the evaluation's own actors; and
+        their metrics for MLflow (`accuracy_metrics`, as a job's evaluations log them)."""
         ways = record.request.ways or [spec.ways]
         first = spec.held_out_options(record.dataset, ways[0], spec.eval_shots[0])
         pool = make_pool(self.settings, spec, record.dataset, self._stop.is_set, first)
@@ -182,10 +183,11 @@ class Evaluations:
             evaluation = FewShotEvaluation(spec, record.dataset, pool.score_held_out)
             seeds = eval_task_seeds(record.request.tasks)
             results: list[SettingResult] = []
+            metrics: dict[str, float] = {}
             for w in ways:
                 for k in spec.eval_shots:
                     if self._stop.is_set():
-                        return results
+                        return results, metrics
                     accuracies = evaluation.accuracies(source.phi, w, k, seeds)
                     accuracy, ci95 = mean_and_ci95(accuracies)
                     results.append(
@@ -193,12 +195,15 @@ class Evaluations:
                             ways=w, shots=k, accuracy=accuracy, ci95=ci95, tasks=len(accuracies)
                         )
                     )
-            return results
+                    metrics |= accuracy_metrics(w, k, accuracies, count=True)
+            return results, metrics
         finally:
             pool.shutdown()
 
-    def _log(self, record: EvaluationRecord, spec: ImageJobSpec) -> EvaluationRun:
-        """The evaluation's MLflow run: its request as params, one metric per setting."""
+    def _log(
+        self, record: EvaluationRecord, spec: ImageJobSpec, metrics: dict[str, float]
+    ) -> EvaluationRun:
+        """The evaluation's MLflow run: its request as params, `metrics` at step 0."""
         parent = record.mlflow.parent_run_id
         tags = {"evaluation_id": record.id, "job_id": record.job_id}
         if parent is not None:
@@ -223,11 +228,6 @@ class Evaluations:
             tags=tags,
         )
         writer.open()
-        metrics: dict[str, float] = {}
-        for result in record.results:
-            name = f"eval_acc_{result.ways}w{result.shots}s"
-            metrics |= {name: result.accuracy, f"{name}_ci95": result.ci95}
-            metrics[f"eval_tasks_{result.ways}w{result.shots}s"] = float(result.tasks)
         timestamp = int(now().timestamp() * 1000)
         writer.log_batch([Metric(k, v, timestamp, 0) for k, v in metrics.items()])
         writer.end("FINISHED")
