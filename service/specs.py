@@ -251,6 +251,7 @@ class _ImageJobSpec(_JobSpecBase):
     # the final evaluation scores these ways too, beside the job's own, where the held-out
     # classes suffice (the paper's 5-way and 20-way settings)
     final_ways: ClassVar[tuple[int, ...]] = (5, 20)
+    eval_tasks_per_actor: ClassVar[int] = 25
 
     @property
     def examples_per_task(self) -> int:
@@ -266,8 +267,11 @@ class _ImageJobSpec(_JobSpecBase):
         )
 
     def eval_batches(self, ways: int, shots: int, tasks: int) -> int:
-        """How many held-out tasks of `ways` × `shots` one evaluation call may hold."""
-        return max(1, min(tasks, self.max_work // (self.eval_steps * ways * shots)))
+        """How many held-out tasks of `ways` × `shots` one evaluation call may hold: within
+        `max_work`, and at most `eval_tasks_per_actor` a worker, since the pool retries a call
+        that outlasts `round_timeout_s` and small tasks step far slower per example."""
+        by_work = self.max_work // (self.eval_steps * ways * shots)
+        return max(1, min(tasks, by_work, self.eval_tasks_per_actor * self.num_workers))
 
     def held_out_options(self, dataset: str, ways: int, shots: int) -> dict[str, Any]:
         """Family options of the held-out tasks of `ways` classes and `shots` support images

@@ -88,6 +88,8 @@ def test_a_20_way_image_job_runs_on_its_defaults() -> None:
     assert isinstance(spec, OmniglotJobSpec) and spec.eval_tasks == 50
     # its held-out tasks go to the actors in calls within the work limit
     assert spec.eval_batches(20, 5, 1000) * spec.eval_steps * 20 * 5 <= spec.max_work
+    # small tasks, far within the work limit, still go a few dozen per worker a call
+    assert spec.eval_batches(5, 1, 1000) == spec.eval_tasks_per_actor * spec.num_workers
 
 
 def test_the_ways_limit_is_the_models() -> None:
