@@ -32,13 +32,28 @@ def running_server(
 
 def run_job(client: httpx.Client, body: dict[str, Any]) -> tuple[dict[str, Any], float]:
     """Submit `body`, wait for the end; returns the final record and the seconds it ran."""
-    response = client.post("/v1/jobs", json=body)
+    return run_to_end(client, "/v1/jobs", body, "jobs", {"succeeded", "failed", "cancelled"})
+
+
+def run_evaluation(
+    client: httpx.Client, job_id: str, body: dict[str, Any]
+) -> tuple[dict[str, Any], float]:
+    """Submit an evaluation of the job's φ, wait for the end; its record and seconds."""
+    path = f"/v1/jobs/{job_id}/evaluations"
+    return run_to_end(client, path, body, "evaluations", {"succeeded", "failed"})
+
+
+def run_to_end(
+    client: httpx.Client, path: str, body: dict[str, Any], resource: str, ends: set[str]
+) -> tuple[dict[str, Any], float]:
+    """POST `body` to `path` (a 202), wait for one of `ends`; fails unless it succeeded."""
+    response = client.post(path, json=body)
     if response.status_code != 202:
-        raise SystemExit(f"job refused: {response.status_code} {response.text}")
-    job_id = response.json()["id"]
+        raise SystemExit(f"{resource} refused: {response.status_code} {response.text}")
+    record_id = response.json()["id"]
     started = time.perf_counter()
-    record = wait_for_state(client, job_id, {"succeeded", "failed", "cancelled"}, JOB_TIMEOUT_S)
+    record = wait_for_state(client, record_id, ends, JOB_TIMEOUT_S, resource)
     seconds = time.perf_counter() - started
     if record["state"] != "succeeded":
-        raise SystemExit(f"job {job_id} {record['state']}: {record['error']}")
+        raise SystemExit(f"{resource} {record_id} {record['state']}: {record['error']}")
     return record, seconds
