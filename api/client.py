@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 from pydantic import BaseModel
 
-from api.schemas import AdaptationPublic, JobPublic
+from api.schemas import AdaptationPublic, JobPublic, SweepPublic
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 URL_ENV = "REPTILE_URL"
@@ -159,6 +159,39 @@ class ReptileClient:
     def download_weights(self, job_id: str, path: Path) -> Path:
         """Save the job's current meta-weights φ (safetensors) to `path`."""
         return self._download(f"/v1/jobs/{job_id}/weights", path)
+
+    # --- sweeps -------------------------------------------------------------------------
+    def submit_sweep(self, spec: BaseModel | Mapping[str, Any]) -> SweepPublic:
+        """Queue a sweep (`service.sweep_specs.SweepSpec`); the server validates a mapping."""
+        body = spec.model_dump(mode="json") if isinstance(spec, BaseModel) else dict(spec)
+        response = self._request("POST", "/v1/sweeps", json=body)
+        return SweepPublic.model_validate_json(response.content)
+
+    def sweep(self, sweep_id: str) -> SweepPublic:
+        response = self._request("GET", f"/v1/sweeps/{sweep_id}")
+        return SweepPublic.model_validate_json(response.content)
+
+    def sweeps(self) -> list[SweepPublic]:
+        data = self._request("GET", "/v1/sweeps").json()["data"]
+        return [SweepPublic.model_validate(record) for record in data]
+
+    def cancel_sweep(self, sweep_id: str) -> SweepPublic:
+        """Stop the sweep's trials after their current round; no new trial starts."""
+        response = self._request("POST", f"/v1/sweeps/{sweep_id}/cancel")
+        return SweepPublic.model_validate_json(response.content)
+
+    def resume_sweep(self, sweep_id: str) -> SweepPublic:
+        response = self._request("POST", f"/v1/sweeps/{sweep_id}/resume")
+        return SweepPublic.model_validate_json(response.content)
+
+    def sweep_events(self, sweep_id: str) -> Iterator[SweepPublic]:
+        """The sweep's record each time its state or a trial changes, until it ends (SSE)."""
+        with self._stream(f"/v1/sweeps/{sweep_id}/events") as response:
+            for event, data in server_sent_events(response.iter_lines()):
+                if event == "progress":
+                    yield SweepPublic.model_validate(json.loads(data))
+                elif event == "end":
+                    return
 
     # --- adaptations --------------------------------------------------------------------
     def adapt_points(

@@ -7,6 +7,7 @@ from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
 
 from service.controller import Controller
+from service.sweeps import Sweeps
 
 
 def get_controller(request: Request) -> Controller:
@@ -15,6 +16,13 @@ def get_controller(request: Request) -> Controller:
 
 
 ControllerDep = Annotated[Controller, Depends(get_controller)]
+
+
+def get_sweeps(request: Request) -> Sweeps:
+    return get_controller(request).sweeps
+
+
+SweepsDep = Annotated[Sweeps, Depends(get_sweeps)]
 
 
 def _query_names(dependant: Dependant) -> set[str]:

@@ -40,8 +40,8 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
             "text/plain": {"schema": {"type": "string"}},
         },
     },
-    404: json_response("No job or adaptation with that id"),
-    409: json_response("The request does not fit the job's current state"),
+    404: json_response("No job, sweep, adaptation or evaluation with that id"),
+    409: json_response("The request does not fit the current state of the job or sweep"),
     413: json_response("The request body is larger than the server's limit"),
     422: json_response(
         "Invalid input: the fields at fault, or what the service cannot serve",

@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry
 from api import auth, errors
 from api.deps import known_query_only
 from api.limits import BodyLimit
-from api.routes import adaptations, evaluations, health, jobs, metrics
+from api.routes import adaptations, evaluations, health, jobs, metrics, sweeps
 from service.controller import Controller
 from service.settings import Settings
 
@@ -43,6 +43,7 @@ def create_app(
     errors.install(app)
     app.include_router(health.router)
     app.include_router(jobs.router)
+    app.include_router(sweeps.router)
     app.include_router(adaptations.router)
     app.include_router(evaluations.router)
     metrics.install(app, registry)

@@ -7,10 +7,21 @@ from pydantic import BaseModel, Field
 
 from service.adaptation_schemas import ImageAdaptationCreate, SineAdaptationCreate
 from service.evaluation_schemas import EvaluationBase, EvaluationRecord
-from service.records import AdaptationBase, AdaptationRecord, JobBase, JobRecord, MlflowInfo
+from service.records import (
+    AdaptationBase,
+    AdaptationRecord,
+    JobBase,
+    JobRecord,
+    MlflowInfo,
+    SweepBase,
+    SweepMlflow,
+    SweepRecord,
+)
 from service.specs import MODEL_URI_PATTERN, JobSpec
+from service.sweep_specs import SweepSpec
 
 JobCreate = JobSpec
+SweepCreate = SweepSpec
 
 
 def without_password(uri: str) -> str:
@@ -40,6 +51,31 @@ class JobPublic(JobBase):
         )
         fields = {name: getattr(record, name) for name in JobBase.model_fields}
         return cls(**fields, id=record.id, spec=record.spec, mlflow=mlflow)
+
+
+class SweepMlflowPublic(SweepMlflow):
+    tracking_uri: str = Field(description="The service's MLflow store, any password masked")
+
+
+class SweepPublic(SweepBase):
+    """A sweep as clients see it: no server paths."""
+
+    id: str
+    spec: SweepSpec
+    mlflow: SweepMlflowPublic
+
+    @classmethod
+    def of(cls, record: SweepRecord, tracking_uri: str) -> "SweepPublic":
+        mlflow = SweepMlflowPublic(
+            **record.mlflow.model_dump(), tracking_uri=without_password(tracking_uri)
+        )
+        fields = {name: getattr(record, name) for name in SweepBase.model_fields}
+        return cls(**fields, id=record.id, spec=record.spec, mlflow=mlflow)
+
+
+class SweepsPublic(BaseModel):
+    data: list[SweepPublic]
+    count: int
 
 
 class AdaptationPublic(AdaptationBase):

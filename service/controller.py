@@ -41,6 +41,7 @@ from service.runtime import make_tracker, prepare_dataset
 from service.settings import Settings
 from service.specs import AnyJobSpec
 from service.store import Store, new_id
+from service.sweeps import Sweeps
 from service.tracking import ModelVersionRef, RunRef, Tracker, run_url
 from service.trainer import Progress
 from service.weights import read_checkpoint, read_weights
@@ -76,6 +77,7 @@ class Controller:
         self.metrics = ServiceMetrics(self.jobs, metrics_registry)
         self._adaptation_slots = threading.BoundedSemaphore(settings.max_concurrent_adaptations)
         self.evaluations = Evaluations(settings, self.store)
+        self.sweeps = Sweeps(settings)  # on the same Ray cluster, beside the jobs
 
     # --- life cycle ---------------------------------------------------------------------
     def start(self) -> None:
@@ -95,14 +97,17 @@ class Controller:
                     finished_at=now(),
                     error="interrupted by a controller restart; POST …/resume to continue",
                 )
+        self.sweeps.start()
 
     def shutdown(self) -> None:
-        """Stop every job at the end of its round, checkpointed and left to resume at start."""
+        """Stop every job and sweep trial at the end of its round, checkpointed and left to
+        resume at start."""
         with self._lock:
             for active in self._active.values():
                 active.interrupted = True
                 active.stop.set()
         self.evaluations.shutdown()
+        self.sweeps.shutdown()
         self._executor.shutdown(wait=True, cancel_futures=True)
 
     # --- jobs ---------------------------------------------------------------------------

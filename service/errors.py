@@ -6,7 +6,7 @@ JOB_RETRY_S = 60
 
 
 class NotFound(LookupError):
-    """No job or adaptation with that id."""
+    """No job, sweep, adaptation or evaluation with that id."""
 
 
 class Conflict(RuntimeError):
@@ -30,13 +30,19 @@ class Busy(RuntimeError):
         self.retry_after_s = retry_after_s
 
     @classmethod
+    def pending(cls, what: str, pending: int, retry_after_s: int) -> "Busy":
+        """`pending` of `what` ("jobs", "evaluations", "sweeps") are queued or running: that
+        resource's `max_pending_…` limit."""
+        return cls(
+            f"{pending} {what} are queued or running, the limit of this service; "
+            "retry when one has finished",
+            retry_after_s,
+        )
+
+    @classmethod
     def jobs_pending(cls, pending: int) -> "Busy":
         """`pending` jobs are queued or running: the `max_pending_jobs` limit."""
-        return cls(
-            f"{pending} jobs are queued or running, the limit of this service; "
-            "retry when one has finished",
-            JOB_RETRY_S,
-        )
+        return cls.pending("jobs", pending, JOB_RETRY_S)
 
     @classmethod
     def adaptations_running(cls, limit: int) -> "Busy":

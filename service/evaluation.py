@@ -17,7 +17,7 @@ from reptile.inner import InnerConfig
 from reptile.params import Params
 from reptile.tasks import eval_task_seeds
 from service.plots import Drawing, prediction_grid_png, sine_fit_png
-from service.specs import AnyJobSpec, ImageJobSpec, SineJobSpec
+from service.specs import AnyJobSpec, ImageJobSpec, SineJobSpec, accuracy_metric
 
 
 class Evaluation(Protocol):
@@ -69,11 +69,11 @@ def accuracy_metrics(
 ) -> dict[str, float]:
     """One setting's metrics, as a job's evaluations and evaluation runs log them:
     `eval_acc_<w>w<k>s`, its `…_ci95` and, with `count`, the tasks scored `eval_tasks_<w>w<k>s`."""
-    setting = f"{ways}w{shots}s"
+    name = accuracy_metric(ways, shots)
     accuracy, ci95 = mean_and_ci95(accuracies)
-    metrics = {f"eval_acc_{setting}": accuracy, f"eval_acc_{setting}_ci95": ci95}
+    metrics = {name: accuracy, f"{name}_ci95": ci95}
     if count:
-        metrics[f"eval_tasks_{setting}"] = float(len(accuracies))
+        metrics[f"eval_tasks_{ways}w{shots}s"] = float(len(accuracies))
     return metrics
 
 

@@ -124,11 +124,7 @@ class Evaluations:
         with self._lock:
             pending = sum(not r.state.terminal for r in self.store.load_evaluations())
             if pending >= self.settings.max_pending_evaluations:
-                raise Busy(
-                    f"{pending} evaluations are queued or running, the limit of this service; "
-                    "retry when one has finished",
-                    EVALUATION_RETRY_S,
-                )
+                raise Busy.pending("evaluations", pending, EVALUATION_RETRY_S)
             self._save(record, refuse=True)
         accepted = record.model_copy(deep=True)  # as queued, before its thread can start it
         self._executor.submit(self._run, record, source, spec)

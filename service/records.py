@@ -6,10 +6,12 @@ field added to a record for the server's use never reaches a client by accident.
 
 from datetime import UTC, datetime
 from enum import StrEnum
+from typing import Any
 
 from pydantic import BaseModel, Field
 
 from service.specs import JobSpec
+from service.sweep_specs import SweepSpec
 
 
 class JobState(StrEnum):
@@ -96,3 +98,58 @@ class AdaptationBase(BaseModel):
 
 class AdaptationRecord(AdaptationBase):
     """What the store persists of an adaptation (its weights lie beside it)."""
+
+
+class TrialState(StrEnum):
+    pending = "pending"
+    running = "running"
+    paused = "paused"
+    succeeded = "succeeded"  # ran every round
+    stopped = "stopped"  # stopped early by the scheduler (ASHA)
+    cancelled = "cancelled"  # stopped by a cancel or shutdown of its sweep; resumes with it
+    failed = "failed"
+
+
+class TrialInfo(BaseModel):
+    """One trial of a sweep, as Tune last reported it."""
+
+    id: str
+    params: dict[str, Any] = Field(description="The space's values for this trial")
+    state: TrialState
+    round: int = Field(default=0, description="Rounds reached at its last evaluation")
+    rounds: int = Field(description="Its budget: the base job's rounds")
+    metric: float | None = Field(default=None, description="The sweep's metric, last reported")
+    run_id: str | None = Field(default=None, description="Its MLflow run (a child of the sweep's)")
+    error: str | None = None
+
+
+class SweepMlflow(BaseModel):
+    """The sweep's parent run and the best trial's registered model."""
+
+    experiment_id: str | None = None
+    run_id: str | None = None
+    ui_url: str | None = None
+    model_uri: str | None = Field(default=None, description="models:/<name>@<alias> of the best")
+    model_version: str | None = None
+
+
+class SweepBase(BaseModel):
+    """A sweep's progress: the fields its stored record and its public answer share."""
+
+    state: JobState = JobState.queued
+    trials: list[TrialInfo] = Field(default_factory=list)
+    best: TrialInfo | None = Field(default=None, description="The best trial so far")
+    error: str | None = None
+    created_at: datetime = Field(default_factory=now)
+    updated_at: datetime = Field(default_factory=now)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+class SweepRecord(SweepBase):
+    """What the store persists of a sweep (its trials are read from Tune's table)."""
+
+    id: str
+    spec: SweepSpec
+    dataset: str | None = None
+    mlflow: SweepMlflow = Field(default_factory=SweepMlflow)

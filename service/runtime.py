@@ -114,7 +114,8 @@ def make_run_writer(
     on_run: Callable[[RunRef], None] = lambda run: None,
     on_model: Callable[[ModelVersionRef], None] = lambda model: None,
 ) -> RunWriter:
-    """A run of the experiment `reptile-<task>` (a job's, or an evaluation's)."""
+    """A run of the experiment `reptile-<task>` (a job's, an evaluation's, or a sweep's parent
+    run)."""
     uri = settings.tracking_uri
     local = uri.startswith(("sqlite:", "file:")) or "://" not in uri
     return RunWriter(

@@ -63,6 +63,19 @@ class Settings(BaseSettings):
         ge=1,
         description="Queued plus running evaluations (429 beyond; one runs at once)",
     )
+    sweep_cpus: int | None = Field(
+        default=None,
+        ge=0,
+        description="CPUs that sweep trials may hold at once (docs/sweeps.md); default: the "
+        "Ray cluster's less 2 per concurrent job (a default job's workers)",
+    )
+    max_pending_sweeps: int = Field(
+        default=4, ge=1, description="Queued plus running sweeps (429 for a submission beyond)"
+    )
+    max_sweep_trials: int = Field(default=64, ge=1, description="Trials of one sweep")
+    max_sweep_rounds: int = Field(
+        default=200_000, ge=1, description="Rounds of one sweep, all its trials together"
+    )
     api_token: SecretStr | None = Field(
         default=None,
         min_length=16,

@@ -102,6 +102,10 @@ class _JobSpecBase(BaseModel):
         check, and what it is (for the message when it exceeds `max_work`)."""
         raise NotImplementedError
 
+    def evaluation_metrics(self) -> set[str]:
+        """The metrics each evaluation reports."""
+        raise NotImplementedError
+
     @model_validator(mode="after")
     def _consistent(self) -> "_JobSpecBase":
         if self.inner_batch_size > self.examples_per_task:
@@ -204,6 +208,17 @@ class SineJobSpec(_JobSpecBase):
         """Adaptation lengths scored at each evaluation: 1, k and eval_steps (and 0 = φ)."""
         return sorted({0, 1, self.inner_steps, self.eval_steps})
 
+    def evaluation_metrics(self) -> set[str]:
+        """The metrics each evaluation reports (`service.evaluation` names them so)."""
+        counts = self.eval_step_counts()
+        return {"eval_mse_before"} | {f"eval_mse_after_{k}" for k in counts if k > 0}
+
+
+def accuracy_metric(ways: int, shots: int) -> str:
+    """The name of the held-out `ways`-way `shots`-shot accuracy (its CI: the name + `_ci95`),
+    for `service.evaluation.accuracy_metrics` and a sweep's metric alike."""
+    return f"eval_acc_{ways}w{shots}s"
+
 
 class _ImageJobSpec(_JobSpecBase):
     """N-way K-shot classification with Conv4, evaluated on held-out classes."""
@@ -282,6 +297,12 @@ class _ImageJobSpec(_JobSpecBase):
             "split": "test",
             "eval_shots": shots,
         }
+
+    def evaluation_metrics(self) -> set[str]:
+        """The metrics every evaluation reports (`service.evaluation.accuracy_metrics` logs
+        them): the job's own ways at each of `eval_shots`; the final one reports more."""
+        names = {accuracy_metric(self.ways, k) for k in self.eval_shots}
+        return names | {f"{name}_ci95" for name in names}
 
     def task_options(self, dataset: str | None = None) -> dict[str, Any]:
         """Family options; `dataset` is the prepared file made from `data` at submission."""

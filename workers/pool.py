@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 import ray
 from ray.exceptions import GetTimeoutError, RayError
+from ray.util import get_current_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from reptile.inner import InnerConfig
 from reptile.params import Params, from_numpy, to_numpy, total
@@ -95,10 +97,13 @@ class WorkerPool:
         if problem := shortfall(num_workers, num_cpus, num_gpus):
             raise PoolError(problem)
         # SPREAD: actors go to different nodes where they fit, so a job uses the cluster's
-        # cores rather than packing onto the first node (no effect on a single machine).
+        # cores rather than packing onto the first node (no effect on a single machine). A
+        # sweep trial's pool goes into the placement group Tune reserved for the trial.
         # Ray sets each GPU actor's CUDA_VISIBLE_DEVICES, so "cuda" is the GPU it was given.
+        group = get_current_placement_group()
+        strategy = PlacementGroupSchedulingStrategy(group) if group is not None else "SPREAD"
         self._remote = ray.remote(InnerLoopWorker).options(
-            num_cpus=num_cpus, num_gpus=num_gpus, scheduling_strategy="SPREAD"
+            num_cpus=num_cpus, num_gpus=num_gpus, scheduling_strategy=strategy
         )
         self._init_args = (task, task_options, "cuda" if num_gpus else "cpu")
         self._round_timeout_s = round_timeout_s

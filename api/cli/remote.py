@@ -1,4 +1,5 @@
-"""The client commands: `reptile jobs …` and `reptile adapt` drive a running service over HTTP.
+"""The client commands: `reptile jobs …`, `reptile sweeps …` and `reptile adapt` drive a running
+service over HTTP.
 
 They import no torch, Ray or MLflow, so they start at once.
 """
@@ -15,11 +16,14 @@ import yaml
 
 from api.cli.local import fail, read_job_file
 from api.client import DEFAULT_URL, TOKEN_ENV, URL_ENV, ReptileClient, ServiceError
-from api.schemas import AdaptationPublic, JobPublic
+from api.schemas import AdaptationPublic, JobPublic, SweepPublic
 from service.records import ClassPrediction, JobState
 
 jobs_app = typer.Typer(
     help="Submit, follow and control jobs on a running service", no_args_is_help=True
+)
+sweeps_app = typer.Typer(
+    help="Submit, follow and control hyperparameter sweeps (Ray Tune)", no_args_is_help=True
 )
 UrlOption = Annotated[
     str | None, typer.Option("--url", help=f"Service URL (default ${URL_ENV}, else {DEFAULT_URL})")
@@ -30,6 +34,7 @@ TokenOption = Annotated[
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the record as JSON")]
 JobId = Annotated[str, typer.Argument(help="Job id")]
+SweepId = Annotated[str, typer.Argument(help="Sweep id")]
 ROUND_METRICS = ("meta_loss_before", "meta_loss_after", "tasks_per_s")
 
 
@@ -89,10 +94,7 @@ def submit_job(
     token: TokenOption = None,
 ) -> None:
     """Submit a job (the server validates it) and print its id."""
-    try:
-        fields = read_job_file(job_file)
-    except (OSError, ValueError, yaml.YAMLError) as error:
-        raise typer.BadParameter(str(error), param_hint="FILE") from error
+    fields = _read_fields(job_file)
     with _service(url, token) as client:
         record = client.submit(fields)
         typer.echo(record.id)
@@ -196,6 +198,132 @@ def job_weights(
     with _service(url, token) as client:
         path = client.download_weights(job_id, out or Path(f"phi-{job_id}.safetensors"))
     typer.echo(path)
+
+
+def _read_fields(source: str) -> dict[str, object]:
+    try:
+        return read_job_file(source)
+    except (OSError, ValueError, yaml.YAMLError) as error:
+        raise typer.BadParameter(str(error), param_hint="FILE") from error
+
+
+def _metric(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
+def _follow_sweep(client: ReptileClient, sweep_id: str) -> None:
+    """Print each trial change as it comes; exit status 1 unless the sweep succeeds."""
+    record: SweepPublic | None = None
+    shown: dict[str, tuple[str, int]] = {}
+    for record in client.sweep_events(sweep_id):
+        for trial in record.trials:
+            if shown.get(trial.id) != (trial.state.value, trial.round):
+                shown[trial.id] = (trial.state.value, trial.round)
+                typer.echo(
+                    f"trial {trial.id} {trial.state.value} round {trial.round}/{trial.rounds} "
+                    f"{record.spec.metric}={_metric(trial.metric)}"
+                )
+    if record is None:
+        fail(f"the event stream of sweep {sweep_id} ended without a record")
+    best = f"; best trial {record.best.id}" if record.best else ""
+    typer.echo(f"sweep {sweep_id} {record.state.value}{best}")
+    if record.state != JobState.succeeded:
+        raise typer.Exit(1)
+
+
+@sweeps_app.command("submit")
+def submit_sweep(
+    sweep_file: Annotated[
+        str,
+        typer.Argument(metavar="FILE|-", help="sweep.yaml or sweep.json; - reads standard input"),
+    ],
+    wait: Annotated[bool, typer.Option(help="Follow the sweep's trials until it ends")] = False,
+    url: UrlOption = None,
+    token: TokenOption = None,
+) -> None:
+    """Submit a sweep (base job, space, metric…; the server validates it) and print its id."""
+    fields = _read_fields(sweep_file)
+    with _service(url, token) as client:
+        record = client.submit_sweep(fields)
+        typer.echo(record.id)
+        if wait:
+            _follow_sweep(client, record.id)
+
+
+@sweeps_app.command("list")
+def list_sweeps(
+    url: UrlOption = None, token: TokenOption = None, as_json: JsonOption = False
+) -> None:
+    """List the service's sweeps, oldest first."""
+    with _service(url, token) as client:
+        records = sorted(client.sweeps(), key=lambda r: r.created_at)
+    if as_json:
+        typer.echo(json.dumps([r.model_dump(mode="json") for r in records], indent=2))
+        return
+    rows = [["ID", "TASK", "STATE", "TRIALS", "METRIC", "BEST", "CREATED"]]
+    for r in records:
+        done = sum(t.state.value in ("succeeded", "stopped") for t in r.trials)
+        rows.append(
+            [
+                r.id,
+                r.spec.base.task,
+                r.state.value,
+                f"{done}/{r.spec.trials}",
+                r.spec.metric,
+                _metric(r.best.metric if r.best else None),
+                f"{r.created_at:%Y-%m-%d %H:%M:%S}",
+            ]
+        )
+    _table(rows)
+
+
+@sweeps_app.command("show")
+def show_sweep(
+    sweep_id: SweepId, url: UrlOption = None, token: TokenOption = None, as_json: JsonOption = False
+) -> None:
+    """A sweep's state, its trials (params, state, rounds, metric) and the best one."""
+    with _service(url, token) as client:
+        record = client.sweep(sweep_id)
+    if as_json:
+        typer.echo(record.model_dump_json(indent=2))
+        return
+    typer.echo(
+        f"sweep {record.id} {record.state.value}" + (f": {record.error}" if record.error else "")
+    )
+    if record.mlflow.ui_url:
+        typer.echo(f"mlflow {record.mlflow.ui_url}")
+    if record.mlflow.model_uri:
+        typer.echo(f"best model {record.mlflow.model_uri}")
+    names = list(record.spec.space)
+    rows = [["TRIAL", *[n.upper() for n in names], "STATE", "ROUND", record.spec.metric.upper()]]
+    for t in record.trials:
+        best = " *" if record.best and t.id == record.best.id else ""
+        params = [
+            f"{t.params.get(n, '-'):.4g}"
+            if isinstance(t.params.get(n), float)
+            else str(t.params.get(n, "-"))
+            for n in names
+        ]
+        rows.append(
+            [t.id, *params, t.state.value, f"{t.round}/{t.rounds}", _metric(t.metric) + best]
+        )
+    _table(rows)
+
+
+@sweeps_app.command("cancel")
+def cancel_sweep(sweep_id: SweepId, url: UrlOption = None, token: TokenOption = None) -> None:
+    """Stop a sweep's trials after their current round; start no more."""
+    with _service(url, token) as client:
+        record = client.cancel_sweep(sweep_id)
+    typer.echo(f"sweep {record.id}: cancel requested ({record.state.value})")
+
+
+@sweeps_app.command("resume")
+def resume_sweep(sweep_id: SweepId, url: UrlOption = None, token: TokenOption = None) -> None:
+    """Continue a cancelled or failed sweep: its unfinished trials from their checkpoints."""
+    with _service(url, token) as client:
+        record = client.resume_sweep(sweep_id)
+    typer.echo(f"sweep {record.id}: {record.state.value}")
 
 
 def _floats(text: str, option: str) -> list[float]:
