@@ -33,6 +33,7 @@ from service.records import AdaptationRecord, ClassPrediction, JobRecord, JobSta
 from service.settings import Settings
 from service.specs import AnyJobSpec, SineJobSpec, registered_model_name
 from service.store import new_id
+from service.sweeps import Sweeps
 from service.tracking import RunRef, run_url
 
 # What `finish` gives a job as its meta-weights φ: small, and every value distinct.
@@ -68,6 +69,9 @@ class InMemoryController:
         self._weights: dict[str, tuple[Params, int]] = {}
         self._models: dict[str, Source] = {}  # by models:/ URI, version and @latest
         self._adaptations: dict[str, tuple[AdaptationRecord, Params]] = {}
+        # the real sweeps: their checks need no Ray; a sweep that passes them would start Tune,
+        # which the API tests never submit
+        self.sweeps = Sweeps(settings)
 
     def start(self) -> None:
         self.started = True

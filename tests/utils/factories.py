@@ -37,3 +37,26 @@ def png(shade: int, side: int = 28) -> bytes:
 
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
+
+
+# A sine sweep that ASHA prunes: two inner step sizes that learn and two too small to, so the
+# trials that reach the first rung (round 2) behind a better one stop there. Trials start in
+# grid order, two at a time: the small step sizes come to the rung after a better trial's.
+SINE_SWEEP: dict[str, Any] = {
+    "base": {
+        "rounds": 8,
+        "eval_every": 2,
+        "meta_batch_size": 4,
+        "eval_tasks": 4,
+        "num_workers": 1,
+        "seed": 3,
+    },
+    "space": {"inner_lr": {"grid": [0.02, 0.01, 0.0001, 0.00005]}},
+    "metric": "eval_mse_after_32",
+    "mode": "min",
+    "trials": 4,
+    "max_concurrent": 2,
+    "scheduler": "asha",
+    "grace_period": 2,
+    "reduction_factor": 2,
+}

@@ -1,0 +1,71 @@
+"""`/v1/sweeps`: what is refused before a sweep starts, with a message naming the cause."""
+
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service.settings import Settings
+from tests.utils.controller import api_client
+
+UNKNOWN = "0" * 32
+SWEEP: dict[str, Any] = {
+    "base": {"rounds": 8, "eval_every": 2, "num_workers": 1},
+    "space": {"inner_lr": {"grid": [0.02, 0.01]}},
+    "trials": 2,
+    "max_concurrent": 2,
+}
+
+
+def test_a_space_value_the_job_would_refuse_is_a_422_naming_the_field(client: TestClient) -> None:
+    body = {**SWEEP, "space": {"inner_lr": {"loguniform": [1e-3, 200.0]}}}
+    response = client.post("/v1/sweeps", json=body)
+    assert response.status_code == 422, response.text
+    (error,) = response.json()["detail"]
+    assert error["loc"] == ["body"]
+    assert "space.inner_lr" in error["msg"] and "less than or equal to 100" in error["msg"]
+
+    response = client.post("/v1/sweeps", json={**SWEEP, "space": {"inner_stepz": {"grid": [1]}}})
+    assert response.status_code == 422
+    assert "space.inner_stepz: not a field of a sine job" in response.text
+
+
+def test_a_bad_base_job_is_a_422_at_its_field(client: TestClient) -> None:
+    response = client.post("/v1/sweeps", json={**SWEEP, "base": {"rounds": 0}})
+    assert response.status_code == 422
+    assert ["body", "base", "sine", "rounds"] in [e["loc"] for e in response.json()["detail"]]
+
+
+def test_sweeps_without_cpus_to_spare_are_refused_saying_why(client: TestClient) -> None:
+    """Without REPTILE_SWEEP_CPUS, sweeps get the cluster's CPUs beyond the jobs' (none here)."""
+    response = client.post("/v1/sweeps", json=SWEEP)
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"]
+    assert "max_concurrent=2 trials of 2 CPUs" in detail and "REPTILE_SWEEP_CPUS" in detail
+
+
+@pytest.mark.parametrize(
+    ("limits", "expected"),
+    [
+        ({"max_sweep_trials": 1}, "trials=2 exceeds this service's limit of 1"),
+        ({"max_sweep_rounds": 10}, "trials × base.rounds = 16 rounds exceeds"),
+        ({"sweep_cpus": 3}, "need 4; sweeps may hold 3 CPUs here"),
+    ],
+)
+def test_a_sweep_over_the_services_limits_is_a_422(
+    settings: Settings, limits: dict[str, int], expected: str
+) -> None:
+    with api_client(settings.model_copy(update={"sweep_cpus": 4, **limits})) as (client, _):
+        response = client.post("/v1/sweeps", json=SWEEP)
+    assert response.status_code == 422, response.text
+    assert expected in response.json()["detail"]
+
+
+def test_unknown_sweeps_are_404s(client: TestClient) -> None:
+    for path in (f"/v1/sweeps/{UNKNOWN}", f"/v1/sweeps/{UNKNOWN}/events", "/v1/sweeps/x"):
+        response = client.get(path)
+        assert response.status_code == 404, (path, response.text)
+        assert "no sweep" in response.json()["detail"]
+    for action in ("cancel", "resume"):
+        assert client.post(f"/v1/sweeps/{UNKNOWN}/{action}").status_code == 404
+    assert client.get("/v1/sweeps").json() == {"data": [], "count": 0}
