@@ -1,0 +1,155 @@
+"""Does a larger k (inner steps) help at equal tasks seen? A sweep through a real `reptile serve`.
+
+The paper chose k per experiment without comparing. This runs one FIFO sweep (no early stop:
+every trial trains its whole budget, so the comparison is at equal tasks seen) over
+k ∈ {1, 2, 5, 10} × 3 seeds on sine, and optionally a small one on Omniglot (k ∈ {1, 5} × 2
+seeds, on /work/shared/data/omniglot or --omniglot PATH), then prints one table row per k:
+the held-out metric's mean and standard deviation over seeds, and writes a figure.
+
+    python -m bench.sweep_k [--quick] [--omniglot PATH] [--figure docs/figures/sweep_k.png]
+"""
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from mlflow import MlflowClient  # noqa: E402
+
+from api.client import ReptileClient  # noqa: E402
+from api.schemas import SweepPublic  # noqa: E402
+from bench.server import running_server  # noqa: E402
+
+SEEDS = [0, 1, 2]
+SINE_KS = [1, 2, 5, 10]
+SINE_METRICS = ["eval_mse_after_1", "eval_mse_after_32"]  # both reported whatever k is
+
+
+def sine_sweep(quick: bool) -> dict[str, Any]:
+    # the default job's 3000 rounds × 10 tasks (30,000 tasks seen); quick: a tenth
+    rounds = 300 if quick else 3000
+    base = {"rounds": rounds, "eval_every": rounds, "num_workers": 1, "execution": "in_actor"}
+    return {
+        "base": base,
+        "space": {"inner_steps": {"grid": SINE_KS}, "seed": {"grid": SEEDS}},
+        "metric": "eval_mse_after_32",
+        "mode": "min",
+        "trials": len(SINE_KS) * len(SEEDS),
+        "max_concurrent": 2,
+        "scheduler": "fifo",
+    }
+
+
+def omniglot_sweep(data: str, quick: bool) -> dict[str, Any]:
+    rounds = 40 if quick else 400
+    base = {
+        "task": "omniglot",
+        "data": data,
+        "ways": 5,
+        "shots": 1,
+        "eval_shots": [1],
+        "inner_batch_size": 5,
+        "rounds": rounds,
+        "eval_every": rounds,
+        "eval_tasks": 20,
+        "num_workers": 1,
+    }
+    return {
+        "base": base,
+        "space": {"inner_steps": {"grid": [1, 5]}, "seed": {"grid": SEEDS[:2]}},
+        "metric": "eval_acc_5w1s",
+        "mode": "max",
+        "trials": 4,
+        "max_concurrent": 2,
+        "scheduler": "fifo",
+    }
+
+
+def run_sweep(client: ReptileClient, body: dict[str, Any]) -> tuple[SweepPublic, float]:
+    started = time.perf_counter()
+    sweep_id = client.submit_sweep(body).id
+    for _ in client.sweep_events(sweep_id):
+        pass
+    done = client.sweep(sweep_id)
+    if done.state != "succeeded":
+        raise SystemExit(f"sweep {sweep_id} {done.state.value}: {done.error}")
+    return done, time.perf_counter() - started
+
+
+def by_k(
+    sweep: SweepPublic, tracking_uri: str, metrics: list[str]
+) -> dict[int, dict[str, list[float]]]:
+    """Each k's final value of each metric, one per seed, read from the trials' MLflow runs."""
+    client = MlflowClient(tracking_uri)
+    table: dict[int, dict[str, list[float]]] = {}
+    for trial in sweep.trials:
+        run = client.get_run(trial.run_id or "")
+        row = table.setdefault(int(trial.params["inner_steps"]), {m: [] for m in metrics})
+        for metric in metrics:
+            row[metric].append(run.data.metrics[metric])
+    return dict(sorted(table.items()))
+
+
+def print_table(title: str, table: dict[int, dict[str, list[float]]], seconds: float) -> None:
+    metrics = list(next(iter(table.values())))
+    print(f"\n{title} ({seconds:.0f} s)")
+    print("| k | " + " | ".join(f"{m} (mean ± sd)" for m in metrics) + " |")
+    print("|---|" + "---|" * len(metrics))
+    for k, row in table.items():
+        cells = [f"{statistics.mean(v):.3f} ± {statistics.stdev(v):.3f}" for v in row.values()]
+        print(f"| {k} | " + " | ".join(cells) + " |")
+
+
+def draw(tables: dict[str, dict[int, dict[str, list[float]]]], path: Path) -> None:
+    figure, axes = plt.subplots(1, len(tables), figsize=(5 * len(tables), 3.5), squeeze=False)
+    for axis, (title, table) in zip(axes[0], tables.items(), strict=True):
+        ks = list(table)
+        for metric in next(iter(table.values())):
+            means = [statistics.mean(table[k][metric]) for k in ks]
+            errors = [statistics.stdev(table[k][metric]) for k in ks]
+            axis.errorbar(ks, means, yerr=errors, marker="o", capsize=3, label=metric)
+        axis.set_xscale("log")
+        axis.set_xticks(ks, [str(k) for k in ks])
+        axis.set_xlabel("inner steps k (equal tasks seen)")
+        axis.set_title(title)
+        axis.legend()
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="a tenth of the rounds")
+    parser.add_argument("--omniglot", help="Omniglot data (zips or folders); default: none")
+    parser.add_argument("--figure", type=Path, default=Path("docs/figures/sweep_k.png"))
+    args = parser.parse_args()
+
+    data_dir = Path(tempfile.mkdtemp(prefix="reptile-bench-sweep-"))
+    tables = {}
+    # sweeps may hold four CPUs: two trials of a driver and one worker
+    with (
+        running_server(data_dir, env={"REPTILE_SWEEP_CPUS": "4"}) as server,
+        ReptileClient(server.url, timeout=120) as client,
+    ):
+        sweep, seconds = run_sweep(client, sine_sweep(args.quick))
+        tables["sine"] = by_k(sweep, server.tracking_uri, SINE_METRICS)
+        print_table(f"sine, sweep {sweep.id}", tables["sine"], seconds)
+        if args.omniglot:
+            sweep, seconds = run_sweep(client, omniglot_sweep(args.omniglot, args.quick))
+            tables["omniglot"] = by_k(sweep, server.tracking_uri, ["eval_acc_5w1s"])
+            print_table(f"omniglot, sweep {sweep.id}", tables["omniglot"], seconds)
+    draw(tables, args.figure)
+    print(f"\nfigure: {args.figure}")
+
+
+if __name__ == "__main__":
+    main()
