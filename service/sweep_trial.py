@@ -100,6 +100,9 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     """Tune's trainable: run the trial's job from its last Tune checkpoint; report each
     evaluation (`round` and the evaluation metrics) with the checkpoint of that round."""
     trial_id = tune.get_context().get_trial_id()
+    stop = context.stop
+    if stop.requested():  # a trial that starts after a cancel: nothing to run or record
+        raise TrialStopped(f"trial {trial_id} not started: the sweep was stopped")
     spec = context.spec.trial_spec(config)
     directory = context.trial_dir(trial_id)
     directory.mkdir(parents=True, exist_ok=True)
@@ -160,7 +163,6 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
         tracker,
         on_progress=on_progress,
     )
-    stop = context.stop
     outcome = runner.run(stop.requested, stop.interrupted)
     if outcome.state != JobState.succeeded:
         reason = outcome.error or f"the sweep was stopped ({stop.reason()})"

@@ -19,8 +19,13 @@ REPTILE = str(Path(sys.executable).with_name("reptile"))
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """Room for two trials of a driver and one worker each."""
-    running = start_server(Path(tmp_path_factory.mktemp("service")), REPTILE_SWEEP_CPUS="4")
+    """Room for two trials of a driver and one worker each, and no more: two trials at once
+    hold every CPU, so their workers start only inside their placement groups."""
+    running = start_server(
+        Path(tmp_path_factory.mktemp("service")),
+        REPTILE_RAY_NUM_CPUS="4",
+        REPTILE_SWEEP_CPUS="4",
+    )
     yield running
     running.stop()
 
