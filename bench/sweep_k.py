@@ -2,11 +2,12 @@
 
 The paper chose k per experiment without comparing. This runs one FIFO sweep (no early stop:
 every trial trains its whole budget, so the comparison is at equal tasks seen) over
-k ∈ {1, 2, 5, 10} × 3 seeds on sine, and optionally a small one on Omniglot (k ∈ {1, 5} × 2
-seeds, on /work/shared/data/omniglot or --omniglot PATH), then prints one table row per k:
-the held-out metric's mean and standard deviation over seeds, and writes a figure.
+k ∈ {1, 2, 5, 10} × 3 seeds on sine and/or a small one on Omniglot (5-way 1-shot, k ∈ {1, 5}
+× 2 seeds), then prints one table row per k: the held-out metrics' mean and standard deviation
+over seeds, and draws a figure.
 
-    python -m bench.sweep_k [--quick] [--omniglot PATH] [--figure docs/figures/sweep_k.png]
+    python -m bench.sweep_k [--quick] [--task sine|omniglot|all] [--omniglot-data PATH]
+                            [--figure docs/figures/sweep_k.png]
 """
 
 import argparse
@@ -129,7 +130,10 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="a tenth of the rounds")
-    parser.add_argument("--omniglot", help="Omniglot data (zips or folders); default: none")
+    parser.add_argument("--task", choices=["sine", "omniglot", "all"], default="sine")
+    parser.add_argument(
+        "--omniglot-data", default="/work/shared/data/omniglot", help="Omniglot zips or folders"
+    )
     parser.add_argument("--figure", type=Path, default=Path("docs/figures/sweep_k.png"))
     args = parser.parse_args()
 
@@ -140,11 +144,13 @@ def main() -> None:
         running_server(data_dir, env={"REPTILE_SWEEP_CPUS": "4"}) as server,
         ReptileClient(server.url, timeout=120) as client,
     ):
-        sweep, seconds = run_sweep(client, sine_sweep(args.quick))
-        tables["sine"] = by_k(sweep, server.tracking_uri, SINE_METRICS)
-        print_table(f"sine, sweep {sweep.id}", tables["sine"], seconds)
-        if args.omniglot:
-            sweep, seconds = run_sweep(client, omniglot_sweep(args.omniglot, args.quick))
+        if args.task in ("sine", "all"):
+            sweep, seconds = run_sweep(client, sine_sweep(args.quick))
+            tables["sine"] = by_k(sweep, server.tracking_uri, SINE_METRICS)
+            print_table(f"sine, sweep {sweep.id}", tables["sine"], seconds)
+        if args.task in ("omniglot", "all"):
+            data = str(Path(args.omniglot_data).resolve())
+            sweep, seconds = run_sweep(client, omniglot_sweep(data, args.quick))
             tables["omniglot"] = by_k(sweep, server.tracking_uri, ["eval_acc_5w1s"])
             print_table(f"omniglot, sweep {sweep.id}", tables["omniglot"], seconds)
     draw(tables, args.figure)

@@ -33,6 +33,7 @@ from service.trainer import Progress
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
+STOP_FILE = "stop"  # in the sweep's directory: `StopMarker`
 PARENT_RUN_TAG = "mlflow.parentRunId"  # MLflow nests a run under the run this tag names
 FLUSH_TIMEOUT_S = 10.0
 
@@ -85,7 +86,7 @@ class TrialContext:
 
     @property
     def stop(self) -> StopMarker:
-        return StopMarker(self.directory / "stop")
+        return StopMarker(self.directory / STOP_FILE)
 
 
 def trial_run(directory: Path) -> RunRef | None:

@@ -52,7 +52,7 @@ from service.settings import Settings
 from service.specs import SineJobSpec
 from service.store import new_id, valid_id
 from service.sweep_specs import SweepSpec
-from service.sweep_trial import TrialContext, TrialStopped, run_trial, trial_run
+from service.sweep_trial import STOP_FILE, StopMarker, TrialContext, run_trial, trial_run
 from service.tracking import RunRef, run_url
 from workers.cluster import total_resource
 
@@ -96,6 +96,7 @@ class TrialTable(Callback):
         self.tracking_uri = tracking_uri
         self.written = b""
         self.errors: dict[str, str] = {}
+        self.stopped: set[str] = set()  # trials that ended by a stop of the sweep
 
     # --- Tune's hooks (in the driver, on the sweep thread) ----------------------------------
     def on_step_end(self, iteration: int, trials: list[Trial], **info: Any) -> None:
@@ -106,6 +107,10 @@ class TrialTable(Callback):
     ) -> None:
         error = trial.get_pickled_error() or trial.get_error()
         self.errors[trial.trial_id] = str(error) if error is not None else "failed"
+        if StopMarker(self.directory / STOP_FILE).requested():  # a cancel's or shutdown's
+            self.stopped.add(trial.trial_id)
+        else:
+            self.stopped.discard(trial.trial_id)
         self.write(trials)
 
     def on_trial_complete(
@@ -130,8 +135,7 @@ class TrialTable(Callback):
         if state is None and trial.status == Trial.TERMINATED:
             state = TrialState.succeeded if reached >= self.rounds else TrialState.stopped
         elif state is None:
-            stopped = error is not None and TrialStopped.__name__ in error
-            state = TrialState.cancelled if stopped else TrialState.failed
+            state = TrialState.cancelled if trial.trial_id in self.stopped else TrialState.failed
         metric = result.get(self.metric)
         run = trial_run(self.directory / "trials" / trial.trial_id)
         return TrialInfo(

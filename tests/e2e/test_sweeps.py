@@ -11,7 +11,10 @@ from mlflow import MlflowClient
 from api.client import ReptileClient
 from api.schemas import SweepPublic
 from service.records import JobState, TrialState
+from service.weights import read_weights
 from tests.utils.factories import SINE_SWEEP
+from tests.utils.net import wait_until
+from tests.utils.reference import assert_every_round_logged_once, assert_same_phi, serial_phi
 from tests.utils.server import Server, start_server
 
 REPTILE = str(Path(sys.executable).with_name("reptile"))
@@ -107,3 +110,41 @@ def test_the_cli_lists_and_shows_the_sweep(server: Server, swept: SweepPublic) -
         [REPTILE, "sweeps", "cancel", swept.id, "--url", server.url], capture_output=True, text=True
     )
     assert done.returncode == 1 and "already succeeded" in done.stderr
+
+
+def test_a_cancelled_sweep_resumes_its_trials_from_their_checkpoints(server: Server) -> None:
+    """One trial at a time: the cancel stops the running one checkpointed, the next never
+    starts; the resume finishes the first in its own MLflow run and runs the second."""
+    base = {**SINE_SWEEP["base"], "rounds": 1000, "eval_every": 50, "execution": "split"}
+    body = {**SINE_SWEEP, "base": base, "space": {"inner_lr": {"grid": [0.02, 0.01]}}}
+    body |= {"trials": 2, "max_concurrent": 1, "scheduler": "fifo"}
+    with ReptileClient(server.url) as client:
+        sweep_id = client.submit_sweep(body).id
+
+        def evaluated() -> bool:
+            trials = client.sweep(sweep_id).trials
+            return bool(trials) and trials[0].round >= 50
+
+        wait_until(evaluated, 600, "the first trial's first evaluation", every=0.2)
+        client.cancel_sweep(sweep_id)
+        list(client.sweep_events(sweep_id))
+        cancelled = client.sweep(sweep_id)
+        assert cancelled.state == JobState.cancelled, cancelled
+        first, second = cancelled.trials
+        assert first.state == second.state == TrialState.cancelled
+        assert 50 <= first.round < 1000 and first.run_id is not None
+        assert second.round == 0 and second.run_id is None  # never started
+        assert MlflowClient(server.tracking_uri).get_run(first.run_id).info.status == "KILLED"
+
+        assert client.resume_sweep(sweep_id).state == JobState.queued
+        list(client.sweep_events(sweep_id))
+        done = client.sweep(sweep_id)
+    assert done.state == JobState.succeeded, done.error
+    assert [t.state for t in done.trials] == [TrialState.succeeded] * 2
+    assert done.trials[0].run_id == first.run_id and done.trials[0].round == 1000
+    run = MlflowClient(server.tracking_uri).get_run(first.run_id)
+    assert run.info.status == "FINISHED"
+    assert_every_round_logged_once(server.tracking_uri, first.run_id, 1000)
+    # resumed from its Tune checkpoint to the φ of an uninterrupted run
+    weights = server.data_dir / "sweeps" / sweep_id / "trials" / first.id / "weights.safetensors"
+    assert_same_phi(read_weights(weights), serial_phi({**base, "inner_lr": 0.02}))
