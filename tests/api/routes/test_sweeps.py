@@ -5,7 +5,9 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from service.records import SweepRecord
 from service.settings import Settings
+from service.sweep_specs import SweepSpec
 from tests.utils.controller import api_client
 
 UNKNOWN = "0" * 32
@@ -69,3 +71,20 @@ def test_unknown_sweeps_are_404s(client: TestClient) -> None:
     for action in ("cancel", "resume"):
         assert client.post(f"/v1/sweeps/{UNKNOWN}/{action}").status_code == 404
     assert client.get("/v1/sweeps").json() == {"data": [], "count": 0}
+
+
+def test_a_sweep_beyond_the_pending_limit_is_a_429(settings: Settings) -> None:
+    """A queued sweep left on disk counts (the stand-in never starts sweeps, so it stays)."""
+    queued = SweepRecord(id="1" * 32, spec=SweepSpec.model_validate(SWEEP))
+    path = settings.data_dir / "sweeps" / queued.id / "record.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(queued.model_dump_json())
+    limited = settings.model_copy(update={"sweep_cpus": 4, "max_pending_sweeps": 1})
+    with api_client(limited) as (client, _):
+        response = client.post("/v1/sweeps", json=SWEEP)
+        assert response.status_code == 429, response.text
+        assert response.headers["retry-after"] == "60"
+        assert "1 sweeps are queued or running" in response.json()["detail"]
+        listed = client.get("/v1/sweeps").json()
+        assert listed["count"] == 1 and listed["data"][0]["state"] == "queued"
+        assert client.get(f"/v1/sweeps/{queued.id}").json()["trials"] == []
