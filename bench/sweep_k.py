@@ -116,6 +116,7 @@ def draw(tables: dict[str, dict[int, dict[str, list[float]]]], path: Path) -> No
             errors = [statistics.stdev(table[k][metric]) for k in ks]
             axis.errorbar(ks, means, yerr=errors, marker="o", capsize=3, label=metric)
         axis.set_xscale("log")
+        axis.minorticks_off()  # only the swept k are labelled
         axis.set_xticks(ks, [str(k) for k in ks])
         axis.set_xlabel("inner steps k (equal tasks seen)")
         axis.set_title(title)
