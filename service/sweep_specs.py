@@ -33,6 +33,10 @@ FIXED_FIELDS = frozenset(
 )
 # combinations of space values checked together at submission (beyond: each value alone)
 MAX_COMBINATIONS_CHECKED = 4096
+# Fields that change what an image trial needs of its data set: images per class, the more
+# the larger they are. (`ways` would too, but no metric is reported whatever the ways: the
+# accuracy's name holds them.)
+DATA_FIELDS = ("shots", "queries")
 
 Scalar = int | float | str | bool
 
@@ -226,6 +230,16 @@ class SweepSpec(BaseModel):
         (what Tune keeps of a trial to resume it)."""
         fields = self.base.model_dump() | values | {"checkpoint_every": self.base.eval_every}
         return parse_spec(fields)
+
+    def most_data(self) -> dict[str, Scalar]:
+        """The space's largest value of each of `DATA_FIELDS` it varies: the trial that needs
+        the most of the data set (every other trial needs no more), checked against the
+        prepared data at submission."""
+        return {
+            name: max(dimension.candidates())  # ints: the job spec (strict) checked them
+            for name, dimension in self.space.items()
+            if name in DATA_FIELDS
+        }
 
     def param_space(self) -> dict[str, Any]:
         """The space as Ray Tune's param space."""

@@ -47,7 +47,7 @@ from service.records import (
     TrialState,
     now,
 )
-from service.runtime import make_run_writer, prepare_dataset
+from service.runtime import check_families, make_run_writer, prepare_dataset
 from service.settings import Settings
 from service.specs import SineJobSpec
 from service.store import new_id, valid_id
@@ -247,6 +247,13 @@ class Sweeps:
             dataset = prepare_dataset(settings, spec.base)
         except DatasetError as error:
             raise Invalid(f"base.data: {error}") from error
+        if dataset is not None and (values := spec.most_data()):
+            trial = spec.trial_spec(values)
+            assert not isinstance(trial, SineJobSpec)
+            try:  # the trial that needs the most classes and images per class
+                check_families(trial, dataset, training=True)
+            except DatasetError as error:
+                raise Invalid(f"space {values}: base.data: {error}") from error
         record = SweepRecord(id=new_id(), spec=spec, dataset=dataset)
         with self._lock:
             self._check_capacity()

@@ -1,5 +1,6 @@
 """`/v1/sweeps`: what is refused before a sweep starts, with a message naming the cause."""
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -9,6 +10,7 @@ from service.records import SweepRecord
 from service.settings import Settings
 from service.sweep_specs import SweepSpec
 from tests.utils.controller import api_client
+from tests.utils.images import image_folder_tree
 
 UNKNOWN = "0" * 32
 SWEEP: dict[str, Any] = {
@@ -88,3 +90,35 @@ def test_a_sweep_beyond_the_pending_limit_is_a_429(settings: Settings) -> None:
         listed = client.get("/v1/sweeps").json()
         assert listed["count"] == 1 and listed["data"][0]["state"] == "queued"
         assert client.get(f"/v1/sweeps/{queued.id}").json()["trials"] == []
+
+
+def test_an_image_sweep_whose_largest_queries_the_data_cannot_hold_is_a_422(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """The base fits the data set (4 images a class); a trial of 1 shot and 4 queries a class
+    would not: refused at submission, not in a trial."""
+    data = image_folder_tree(tmp_path / "folders", images_per_class=4)
+    base = {
+        "task": "image_folder",
+        "data": str(data),
+        "ways": 2,
+        "shots": 1,
+        "queries": 1,
+        "eval_shots": [1],
+        "inner_batch_size": 2,
+        "rounds": 8,
+        "eval_every": 2,
+        "num_workers": 1,
+    }
+    body = {
+        **SWEEP,
+        "base": base,
+        "space": {"queries": {"grid": [1, 4]}},
+        "metric": "eval_acc_2w1s",
+        "mode": "max",
+    }
+    with api_client(settings.model_copy(update={"sweep_cpus": 4})) as (client, _):
+        response = client.post("/v1/sweeps", json=body)
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"]
+    assert detail.startswith("space {'queries': 4}: base.data:"), detail
