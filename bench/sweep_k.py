@@ -1,19 +1,22 @@
 """Does a larger k (inner steps) help at equal tasks seen? A sweep through a real `reptile serve`.
 
 The paper chose k per experiment without comparing. This runs one FIFO sweep (no early stop:
-every trial trains its whole budget, so the comparison is at equal tasks seen) over
-k ∈ {1, 2, 5, 10} × 3 seeds on sine and/or a small one on Omniglot (5-way 1-shot, k ∈ {1, 5}
-× 2 seeds), then prints one table row per k: the held-out metrics' mean and standard deviation
-over seeds, and draws a figure.
+every trial trains its whole budget of rounds × meta_batch_size tasks, so the comparison is at
+equal tasks seen) over k ∈ {1, 2, 5, 10} × 3 seeds on sine and/or a small one on Omniglot
+(5-way 1-shot, k ∈ {1, 5} × 2 seeds), then prints one table row per k: each final held-out
+metric's mean ± standard deviation over seeds, its ratio to the smallest k's mean and to the
+previous k's, and a trial's mean wall time (what the larger k costs); and draws a figure.
 
     python -m bench.sweep_k [--quick] [--task sine|omniglot|all] [--omniglot-data PATH]
                             [--figure docs/figures/sweep_k.png]
 """
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -83,33 +86,74 @@ def run_sweep(client: ReptileClient, body: dict[str, Any]) -> tuple[SweepPublic,
     return done, time.perf_counter() - started
 
 
-def by_k(
-    sweep: SweepPublic, tracking_uri: str, metrics: list[str]
-) -> dict[int, dict[str, list[float]]]:
+@dataclass
+class KTable:
+    """Per k: each metric's final value per seed, and each trial's wall time."""
+
+    metrics: dict[int, dict[str, list[float]]]
+    seconds: dict[int, list[float]]
+    tasks_seen: int
+
+
+def by_k(sweep: SweepPublic, tracking_uri: str, metrics: list[str]) -> KTable:
     """Each k's final value of each metric, one per seed, read from the trials' MLflow runs."""
     client = MlflowClient(tracking_uri)
     table: dict[int, dict[str, list[float]]] = {}
+    seconds: dict[int, list[float]] = {}
     for trial in sweep.trials:
         run = client.get_run(trial.run_id or "")
-        row = table.setdefault(int(trial.params["inner_steps"]), {m: [] for m in metrics})
+        k = int(trial.params["inner_steps"])
+        row = table.setdefault(k, {m: [] for m in metrics})
         for metric in metrics:
             row[metric].append(run.data.metrics[metric])
-    return dict(sorted(table.items()))
+        seconds.setdefault(k, []).append((run.info.end_time - run.info.start_time) / 1000)
+    base = sweep.spec.base
+    return KTable(
+        dict(sorted(table.items())),
+        dict(sorted(seconds.items())),
+        base.rounds * base.meta_batch_size,
+    )
 
 
-def print_table(title: str, table: dict[int, dict[str, list[float]]], seconds: float) -> None:
-    metrics = list(next(iter(table.values())))
-    print(f"\n{title} ({seconds:.0f} s)")
-    print("| k | " + " | ".join(f"{m} (mean ± sd)" for m in metrics) + " |")
-    print("|---|" + "---|" * len(metrics))
-    for k, row in table.items():
-        cells = [f"{statistics.mean(v):.3f} ± {statistics.stdev(v):.3f}" for v in row.values()]
-        print(f"| {k} | " + " | ".join(cells) + " |")
+def ratio_rows(table: KTable) -> list[list[str]]:
+    """One row per k: each metric's mean ± sd, its mean over the smallest k's and over the
+    previous k's, and the trial's mean seconds."""
+    ks = list(table.metrics)
+    rows = []
+    for i, k in enumerate(ks):
+        cells = [str(k)]
+        for metric, values in table.metrics[k].items():
+            mean = statistics.mean(values)
+            first = statistics.mean(table.metrics[ks[0]][metric])
+            previous = statistics.mean(table.metrics[ks[i - 1]][metric]) if i else mean
+            cells += [
+                f"{mean:.3f} ± {statistics.stdev(values):.3f}",
+                f"{mean / first:.2f}",
+                f"{mean / previous:.2f}" if i else "-",
+            ]
+        cells.append(f"{statistics.mean(table.seconds[k]):.0f}")
+        rows.append(cells)
+    return rows
 
 
-def draw(tables: dict[str, dict[int, dict[str, list[float]]]], path: Path) -> None:
+def print_table(title: str, table: KTable, seconds: float) -> None:
+    metrics = list(next(iter(table.metrics.values())))
+    first = next(iter(table.metrics))
+    print(f"\n{title}: {table.tasks_seen:,} tasks seen per trial, sweep {seconds:.0f} s")
+    header = ["k"]
+    for metric in metrics:
+        header += [f"{metric} (mean ± sd)", f"/ k={first}", "/ previous k"]
+    header.append("trial s")
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for row in ratio_rows(table):
+        print("| " + " | ".join(row) + " |")
+
+
+def draw(tables: dict[str, KTable], path: Path) -> None:
     figure, axes = plt.subplots(1, len(tables), figsize=(5 * len(tables), 3.5), squeeze=False)
-    for axis, (title, table) in zip(axes[0], tables.items(), strict=True):
+    for axis, (title, k_table) in zip(axes[0], tables.items(), strict=True):
+        table = k_table.metrics
         ks = list(table)
         for metric in next(iter(table.values())):
             means = [statistics.mean(table[k][metric]) for k in ks]
@@ -139,10 +183,14 @@ def main() -> None:
     args = parser.parse_args()
 
     data_dir = Path(tempfile.mkdtemp(prefix="reptile-bench-sweep-"))
-    tables = {}
-    # sweeps may hold four CPUs: two trials of a driver and one worker
+    tables: dict[str, KTable] = {}
+    # two trials at once, each a driver and one worker: four logical CPUs for Ray and the
+    # sweeps, whatever the machine has (on fewer cores the two trials share them)
+    cpus = str(max(4, os.cpu_count() or 1))
     with (
-        running_server(data_dir, env={"REPTILE_SWEEP_CPUS": "4"}) as server,
+        running_server(
+            data_dir, env={"REPTILE_RAY_NUM_CPUS": cpus, "REPTILE_SWEEP_CPUS": "4"}
+        ) as server,
         ReptileClient(server.url, timeout=120) as client,
     ):
         if args.task in ("sine", "all"):
