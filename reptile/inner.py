@@ -9,7 +9,8 @@ backward pass. Both run the same loop (`descend`): per step, one gradient (`rept
 and one update rule (`inner_update`, reading the config's lr and optimiser). Optimiser state
 (Adam's moments) starts from zero for every task and never carries over.
 
-`run_tasks`, what a worker runs, batches a chunk's tasks as its family says (`batching`):
+A worker's chunk of tasks (`chunk_tasks`, `adapt_chunk`; `run_tasks` is Reptile's, the other
+algorithms are in `reptile.algorithms`) batches its tasks as the family says (`batching`):
 - "stacked": the model's layers take weights stacked over tasks themselves (the sine MLP: one
   `baddbmm` per layer, cheaper than `vmap` on such a tiny model, where per-op overhead
   dominates), and the family writes out the gradient (`TaskFamily.stacked_gradient`, without
@@ -21,7 +22,7 @@ and one update rule (`inner_update`, reading the config's lr and optimiser). Opt
 """
 
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -30,7 +31,7 @@ from torch import Tensor, nn
 
 from reptile.gradients import LossFn, batch_loss, batched_gradient, batched_loss, loss_gradient
 from reptile.params import Params
-from reptile.tasks.base import Gradient, Task, TaskFamily
+from reptile.tasks.base import Gradient, Task, TaskFamily, split_tail
 
 InnerOptimizer = Literal["sgd", "adam"]
 
@@ -145,15 +146,23 @@ def trajectory(
         yield weights, losses
 
 
+def descend_last(
+    step: InnerStep, weights: Params, batches: Iterable[tuple[Tensor, Tensor]]
+) -> tuple[Params, Params, list[Tensor]]:
+    """The weights before the `trajectory`'s last step and after it, and each step's loss (the
+    first one scores φ for free: a step computes it anyway). FOMAML's update is the last step."""
+    previous, losses = weights, []
+    for after, step_losses in trajectory(step, weights, batches):
+        previous, weights = weights, after
+        losses.append(step_losses)
+    return previous, weights, losses
+
+
 def descend(
     step: InnerStep, weights: Params, batches: Iterable[tuple[Tensor, Tensor]]
 ) -> tuple[Params, list[Tensor]]:
-    """The final weights of the `trajectory`, and each step's loss (the first one scores φ for
-    free: a step computes it anyway)."""
-    losses = []
-    for after, step_losses in trajectory(step, weights, batches):
-        weights = after
-        losses.append(step_losses)
+    """The final weights of the `trajectory`, and each step's loss (`descend_last`)."""
+    _, weights, losses = descend_last(step, weights, batches)
     return weights, losses
 
 
@@ -193,23 +202,6 @@ def stacked_copies(params: Params, count: int) -> Params:
     return {name: t.detach().expand(count, *t.shape).clone() for name, t in params.items()}
 
 
-def adapt_tasks(
-    step: InnerStep, params: Params, inputs: Tensor, targets: Tensor, batches: Tensor
-) -> tuple[Params, list[Tensor]]:
-    """`descend` for many tasks at once, with a `step` over a loss from `tasks_loss`; returns
-    each parameter's W_i stacked as (tasks, *shape), and each step's (tasks,) losses.
-
-    `inputs` (tasks, n, *input_shape) and `targets` (tasks, n, *target_shape) stack the tasks'
-    points, `batches` (tasks, steps, batch) their mini-batch indices. Every task starts from its
-    own copy of φ. `params` are not modified.
-    """
-    return descend(
-        step,
-        stacked_copies(params, len(batches)),
-        ((gather(inputs, b), gather(targets, b)) for b in batches.transpose(0, 1)),
-    )
-
-
 def batched_step(
     family: TaskFamily, model: nn.Module, config: InnerConfig, *, compile: bool = False
 ) -> InnerStep:
@@ -226,7 +218,10 @@ def batched_step(
 
 @dataclass(frozen=True)
 class ChunkResult:
-    """What a worker returns for a chunk of tasks: Σ(W_i − φ), the count, per-task losses.
+    """What a worker returns for a chunk of tasks: Σ_i d_i, the count, per-task losses.
+
+    d_i is task i's meta-direction, minus its meta-gradient estimate g_i (`reptile.meta`): for
+    Reptile W_i − φ, so the name.
 
     The losses are on each task's first inner mini-batch: φ's comes free with the first inner
     step, and W_i's costs one forward pass (less than scoring all of a task's points).
@@ -238,6 +233,119 @@ class ChunkResult:
     loss_after: Tensor  # (count,) loss of W_i on the same mini-batch
 
 
+@dataclass(frozen=True)
+class ChunkTasks:
+    """A chunk's tasks on the device, in seed order, and the points of each inner step."""
+
+    inputs: Tensor  # (tasks, n, *input_shape)
+    targets: Tensor  # (tasks, n, *target_shape)
+    batches: list[Tensor]  # per inner step, (tasks, batch) indices of its points
+    phi: Params  # on the device, in the model's order (a compiled step is specialised to it)
+    tail: Tensor | None = None  # (tasks, m) indices of the points held out of the inner loop
+
+    def with_tail_step(self) -> "ChunkTasks":
+        """The same chunk with one more inner step, on every task's tail."""
+        if self.tail is None:
+            raise ValueError("this chunk holds no tail out of its inner loop")
+        return ChunkTasks(self.inputs, self.targets, [*self.batches, self.tail], self.phi)
+
+
+def chunk_tasks(
+    family: TaskFamily,
+    model: nn.Module,
+    phi: Params,
+    seeds: list[int],
+    config: InnerConfig,
+    device: torch.device | str = "cpu",
+    tail_shots: int = 0,
+) -> ChunkTasks:
+    """The tasks of `seeds`, rebuilt from their seeds (on the CPU) and stacked in seed order, so
+    the same chunk always sums its tasks the same way, then moved to `device` with φ.
+
+    Each task draws `config.steps` mini-batches from its points, all of them or, with
+    `tail_shots`, all but its tail (`split_tail`). `model` must already be on `device`.
+    """
+    if config.steps < 1:
+        raise ValueError(f"an inner loop needs at least one step, got {config.steps}")
+    tasks = family.sample_tasks(seeds)
+    inputs = tasks.inputs.to(device)  # (tasks, n, *input_shape)
+    points = inputs.shape[1]
+    tail = None
+    if tail_shots:
+        pool, held_out = split_tail(family, points, tail_shots)
+        batches = pool[torch.stack([step_batches(config, len(pool), seed) for seed in seeds])]
+        tail = held_out.to(device).expand(len(seeds), len(held_out))
+    else:
+        batches = torch.stack([step_batches(config, points, seed) for seed in seeds])
+    return ChunkTasks(
+        inputs=inputs,
+        targets=tasks.targets.to(device),  # (tasks, n, *target_shape)
+        batches=list(batches.to(device).unbind(1)),  # (tasks, steps, batch) → per step
+        phi={name: phi[name].to(device) for name, _ in model.named_parameters()},
+        tail=tail,
+    )
+
+
+@dataclass(frozen=True)
+class Descent:
+    """Every task's inner loop, stacked over the chunk's tasks as (tasks, *shape)."""
+
+    previous: Params  # the weights before the last step (W_{k−1})
+    final: Params  # W_i, after the last step
+    losses: list[Tensor]  # per step, the (tasks,) losses of the weights it started from
+
+
+def adapt_tasks(
+    step: InnerStep, params: Params, inputs: Tensor, targets: Tensor, batches: Sequence[Tensor]
+) -> Descent:
+    """`descend_last` for many tasks at once, with a `step` over a loss from `tasks_loss`;
+    returns each parameter's weights stacked as (tasks, *shape), and each step's losses.
+
+    `inputs` (tasks, n, *input_shape) and `targets` (tasks, n, *target_shape) stack the tasks'
+    points, `batches` holds each step's (tasks, batch) mini-batch indices. Every task starts
+    from its own copy of φ. `params` are not modified.
+    """
+    previous, final, losses = descend_last(
+        step,
+        stacked_copies(params, len(inputs)),
+        ((gather(inputs, b), gather(targets, b)) for b in batches),
+    )
+    return Descent(previous, final, losses)
+
+
+def adapt_chunk(family: TaskFamily, step: InnerStep, chunk: ChunkTasks) -> Descent:
+    """Run the inner loop of every task of `chunk` from φ, as `family.batching` says: all tasks
+    in one batched loop (`adapt_tasks`, "stacked" or "vmap"), or task after task ("loop")."""
+    if family.batching == "loop":
+        adapted = [
+            descend_last(step, chunk.phi, [(x[b[task]], y[b[task]]) for b in chunk.batches])
+            for task, (x, y) in enumerate(zip(chunk.inputs, chunk.targets, strict=True))
+        ]
+        return Descent(
+            previous={name: torch.stack([p[name] for p, _, _ in adapted]) for name in chunk.phi},
+            final={name: torch.stack([w[name] for _, w, _ in adapted]) for name in chunk.phi},
+            losses=[torch.stack(step) for step in zip(*(ls for _, _, ls in adapted), strict=True)],
+        )
+    return adapt_tasks(step, chunk.phi, chunk.inputs, chunk.targets, chunk.batches)
+
+
+def chunk_losses(
+    family: TaskFamily, model: nn.Module, weights: Params, chunk: ChunkTasks, indices: Tensor
+) -> Tensor:
+    """The (tasks,) losses of each task's `weights` (stacked over tasks) on its points
+    `indices` (tasks, m), one task at a time where the family runs its tasks so."""
+    loss = batched_loss(family, model)
+    inputs, targets = gather(chunk.inputs, indices), gather(chunk.targets, indices)
+    if family.batching != "loop":
+        return loss(weights, inputs, targets)
+    return torch.stack(
+        [
+            loss({name: w[task] for name, w in weights.items()}, inputs[task], targets[task])
+            for task in range(len(indices))
+        ]
+    )
+
+
 def run_tasks(
     family: TaskFamily,
     model: nn.Module,
@@ -247,50 +355,43 @@ def run_tasks(
     device: torch.device | str = "cpu",
     step: InnerStep | None = None,
 ) -> ChunkResult:
-    """Adapt φ to all tasks of `seeds`; returns Σ_i (W_i − φ) and per-task losses, on `device`.
+    """Reptile's chunk: adapt φ to all tasks of `seeds` and return Σ_i (W_i − φ) and per-task
+    losses, on `device` (`chunk_tasks`, `adapt_chunk`; `reptile.algorithms` has the others).
 
-    The tasks are rebuilt from their seeds (on the CPU) and stacked in seed order, so the losses
-    come back in seed order and the same chunk always sums its deltas the same way; tasks and φ
-    then move to `device`, where everything else runs. `family.batching` says how: all tasks in
-    one batched inner loop (`adapt_tasks`, "stacked" or "vmap"), or task after task ("loop").
     `model` must already be on `device`; `step` (a `batched_step` of the same `config`, e.g.
     compiled) defaults to a new eager one.
     """
-    if config.steps < 1:
-        raise ValueError(f"an inner loop needs at least one step, got {config.steps}")
-    tasks = family.sample_tasks(seeds)
-    inputs = tasks.inputs.to(device)  # (tasks, n, *input_shape)
-    targets = tasks.targets.to(device)  # (tasks, n, *target_shape)
-    points = inputs.shape[1]
-    batches = torch.stack([step_batches(config, points, seed) for seed in seeds]).to(
-        device
-    )  # (tasks, steps, batch)
-    first = batches[:, 0]  # (tasks, batch): where φ and W_i are scored
-    # in the model's order: a compiled step is specialised to the order of its dict's keys
-    phi = {name: phi[name].to(device) for name, _ in model.named_parameters()}
-    loss = batched_loss(family, model)
+    chunk = chunk_tasks(family, model, phi, seeds, config, device)
     step = step or batched_step(family, model, config)
     with torch.no_grad():
-        if family.batching == "loop":
-            adapted = [
-                descend(step, phi, zip(x[b], y[b], strict=True))
-                for x, y, b in zip(inputs, targets, batches, strict=True)
-            ]
-            weights = {name: torch.stack([w[name] for w, _ in adapted]) for name in phi}
-            loss_before = torch.stack([losses[0] for _, losses in adapted])
-            loss_after = torch.stack(
-                [
-                    loss(w, x[b], y[b])
-                    for (w, _), x, y, b in zip(adapted, inputs, targets, first, strict=True)
-                ]
-            )
-        else:
-            weights, losses = adapt_tasks(step, phi, inputs, targets, batches)
-            loss_before = losses[0]
-            loss_after = loss(weights, gather(inputs, first), gather(targets, first))
+        descent = adapt_chunk(family, step, chunk)
+        final = descent.final
+        return chunk_result(
+            family,
+            model,
+            chunk,
+            final,
+            descent.losses[0],
+            {n: final[n] - chunk.phi[n] for n in final},
+        )
+
+
+def chunk_result(
+    family: TaskFamily,
+    model: nn.Module,
+    chunk: ChunkTasks,
+    final: Params,
+    loss_before: Tensor,
+    directions: Params,
+) -> ChunkResult:
+    """A chunk's `ChunkResult`: each task's meta-direction d_i (stacked over tasks) summed in
+    seed order, φ's losses on the first mini-batch (`loss_before`, what the first step gave),
+    and those of the `final` weights W_i on the same mini-batch."""
+    first = chunk.batches[0]  # (tasks, batch): where φ and W_i are scored
+    with torch.no_grad():
         return ChunkResult(
-            delta_sum={name: (weights[name] - phi[name]).sum(0) for name in phi},
-            count=len(seeds),
+            delta_sum={name: d.sum(0) for name, d in directions.items()},
+            count=len(chunk.inputs),
             loss_before=loss_before,
-            loss_after=loss_after,
+            loss_after=chunk_losses(family, model, final, chunk, first),
         )

@@ -1,10 +1,13 @@
-"""The outer loop's pieces: the ε schedule and the batched Reptile update.
+"""The outer loop's pieces: the ε schedule and the batched meta-update.
 
-    φ ← φ + ε · mean_i(W_i − φ)
+    φ ← φ + ε · mean_i d_i,   d_i = −g_i
 
-is a gradient step on the pseudo-gradient g = φ − mean_i W_i with step size ε, so the update is
-delegated to `torch.optim.SGD` (plain Reptile) or `torch.optim.Adam` (Adam on g), whose state
-can be checkpointed like any optimiser's.
+is a gradient step with step size ε on the mean of the tasks' meta-gradient estimates g_i
+(`reptile.algorithms`: Reptile's pseudo-gradient φ − W_i, FOMAML's last step, MAML's
+gradient through the inner loop). The one sign convention: workers return Σ_i d_i (for
+Reptile Σ_i(W_i − φ), hence the name `delta_sum`), and `MetaOptimizer.step` negates its mean
+into the gradient it hands to `torch.optim.SGD` (plain Reptile) or `torch.optim.Adam`, whose
+state can be checkpointed like any optimiser's.
 """
 
 import copy
@@ -13,6 +16,7 @@ from typing import Any, Literal
 
 import torch
 
+from reptile.algorithms.base import DEFAULT_ALGORITHM, AlgorithmConfig
 from reptile.inner import InnerConfig
 from reptile.params import Params, is_finite, scale
 
@@ -29,6 +33,7 @@ class MetaConfig:
     inner: InnerConfig
     outer_lr_final: float = 0.0
     outer_optimizer: OuterOptimizer = "sgd"
+    algorithm: AlgorithmConfig = DEFAULT_ALGORITHM  # how a task becomes its d_i = −g_i
 
 
 def epsilon(round_index: int, config: MetaConfig) -> float:
@@ -38,7 +43,7 @@ def epsilon(round_index: int, config: MetaConfig) -> float:
 
 
 class MetaOptimizer:
-    """Owns φ and applies Reptile updates to it; `state_dict` makes it checkpointable."""
+    """Owns φ and applies meta-updates to it; `state_dict` makes it checkpointable."""
 
     def __init__(self, phi: Params, kind: OuterOptimizer) -> None:
         self.names = sorted(phi)  # a canonical order, so saved optimiser state always lines up
@@ -57,11 +62,11 @@ class MetaOptimizer:
         return {n: t.detach().clone() for n, t in zip(self.names, self.tensors, strict=True)}
 
     def step(self, mean_delta: Params, lr: float) -> None:
-        """Move φ along mean_i(W_i − φ) with step size `lr` (ε)."""
+        """Move φ along mean_i d_i with step size `lr` (ε): a step on the gradient −mean_i d_i."""
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         for name, tensor in zip(self.names, self.tensors, strict=True):
-            tensor.grad = -mean_delta[name]  # the pseudo-gradient φ − mean W_i
+            tensor.grad = -mean_delta[name]  # mean g_i; for Reptile the pseudo-gradient φ − W_i
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
@@ -88,8 +93,8 @@ def meta_update(
     round_index: int,
     config: MetaConfig,
 ) -> float | None:
-    """Round `round_index`'s update φ ← φ + ε · Σ_i(W_i − φ) / count; returns ε, or None with φ
-    untouched when the mean delta or the adapted losses are not finite (a diverging job).
+    """Round `round_index`'s update φ ← φ + ε · Σ_i d_i / count; returns ε, or None with φ
+    untouched when the mean direction or the adapted losses are not finite (a diverging job).
 
     The one meta-update, wherever the round's deltas were summed (the controller or an actor).
     """

@@ -2,8 +2,9 @@
 when a job's rounds are too small to be worth splitting over several (`in_actor` execution).
 
 The rounds are the controller's rounds exactly: the same task seeds per (job seed, round), the
-same `run_tasks` over all of a round's tasks and the same `meta_update`, so φ comes out equal to
-the serial reference's and to the rounds split over actors.
+same chunk of the job's algorithm (`reptile.algorithms.run_chunk`) over all of a round's tasks
+and the same `meta_update`, so φ comes out equal to the serial reference's and to the rounds
+split over actors.
 """
 
 import time
@@ -12,7 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from reptile.inner import InnerStep, run_tasks
+from reptile.algorithms import run_chunk
+from reptile.inner import InnerStep
 from reptile.meta import MetaConfig, MetaOptimizer, meta_update
 from reptile.tasks import TaskFamily, task_seeds
 
@@ -45,7 +47,9 @@ def run_rounds(
     for round_index in rounds:
         started = time.perf_counter()
         seeds = task_seeds(seed, round_index, config.meta_batch_size)
-        result = run_tasks(family, model, meta.phi, seeds, config.inner, device, step)
+        result = run_chunk(
+            config.algorithm, family, model, meta.phi, seeds, config.inner, device, step
+        )
         eps = meta_update(
             meta, result.delta_sum, result.count, result.loss_after, round_index, config
         )

@@ -21,12 +21,14 @@ from pydantic import (
 from service.execution import Execution
 
 if TYPE_CHECKING:  # imported where used: API clients read specs without loading torch
+    from reptile.algorithms import AlgorithmConfig
     from reptile.inner import InnerConfig
     from reptile.meta import MetaConfig
     from reptile.tasks.fewshot import FewShotFamily
     from reptile.tasks.sine import SineFamily
 
 Optimizer = Literal["sgd", "adam"]
+Algorithm = Literal["reptile", "fomaml", "maml"]  # reptile.algorithms.AlgorithmName
 
 # The most classes a task may have: `reptile.tasks.fewshot.MAX_WAYS` (a test holds them equal;
 # this module does not import torch).
@@ -63,6 +65,20 @@ class _JobSpecBase(BaseModel):
     outer_optimizer: Optimizer = Field(
         default="adam", description="sgd: plain Reptile; adam: Adam on the pseudo-gradient φ − W"
     )
+    algorithm: Algorithm = Field(
+        default="reptile",
+        description="How a training task becomes a meta-gradient: reptile (φ − W), fomaml "
+        "(first-order MAML: the inner loop's last step, as the paper's --foml), or maml (the "
+        "gradient of the query loss through the k inner steps; needs tail_shots and inner SGD)",
+    )
+    tail_shots: int | None = Field(
+        default=None,
+        ge=1,
+        le=999,
+        description="fomaml/maml: the last tail_shots examples per class (sine: points) of each "
+        "training task, held out of the inner loop: fomaml's final step (the paper's "
+        "--foml-tail; none: the k-th mini-batch), maml's query set",
+    )
     num_workers: int = Field(default=2, ge=1, le=256, description="Ray actors")
     gpus_per_worker: float = Field(
         default=0,
@@ -91,11 +107,26 @@ class _JobSpecBase(BaseModel):
     # The most one round and one evaluation may cost, in examples × steps: a job never holds
     # the machine for long between two stop checks (a cancel acts at the end of a round).
     max_work: ClassVar[int] = 1_000_000
+    # The most example-steps MAML's graph may hold at once (`maml_graph`), a few hundred MB:
+    # docs/performance.md measures ~7 KB per example-step for the sine MLP, ~6 MB for Conv4.
+    maml_max_graph: ClassVar[int] = 100_000
 
     @property
     def examples_per_task(self) -> int:
         """Labelled examples in one training task (what inner mini-batches are drawn from)."""
         raise NotImplementedError
+
+    @property
+    def classes_per_task(self) -> int:
+        """How many classes a training task's `tail_shots` are taken from (sine: one)."""
+        raise NotImplementedError
+
+    @property
+    def maml_graph(self) -> int:
+        """Example-steps of the inner loops whose graph MAML holds at once: one task's (image
+        families run tasks one by one), or a whole round's (sine stacks a chunk's tasks, and one
+        actor may run them all)."""
+        return self.inner_steps * self.inner_batch_size
 
     def eval_call_work(self) -> tuple[int, str]:
         """The example-steps of the largest piece of an evaluation that runs without a stop
@@ -108,10 +139,13 @@ class _JobSpecBase(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> "_JobSpecBase":
-        if self.inner_batch_size > self.examples_per_task:
+        self._algorithm_consistent()
+        tail = (self.tail_shots or 0) * self.classes_per_task
+        if self.inner_batch_size > self.examples_per_task - tail:
+            held = f" less the {tail} of its tail" if tail else ""
             raise ValueError(
                 f"inner_batch_size ({self.inner_batch_size}) cannot exceed the "
-                f"{self.examples_per_task} examples of a training task"
+                f"{self.examples_per_task} examples of a training task{held}"
             )
         round_work = self.meta_batch_size * self.inner_steps * self.inner_batch_size
         if round_work > self.max_work:
@@ -140,6 +174,39 @@ class _JobSpecBase(BaseModel):
                 )
         return self
 
+    def _algorithm_consistent(self) -> None:
+        """What each algorithm needs and refuses, said before the job starts."""
+        name, tail = self.algorithm, self.tail_shots
+        shots = self.examples_per_task // self.classes_per_task
+        if tail is not None and name == "reptile":
+            raise ValueError("tail_shots is for fomaml and maml: Reptile trains on every example")
+        if tail is not None and tail >= shots:
+            raise ValueError(
+                f"tail_shots ({tail}) must leave examples to train on: fewer than the {shots} "
+                "per class (sine: points) of a training task"
+            )
+        if name == "fomaml" and tail is not None and self.inner_steps < 2:
+            raise ValueError("fomaml with tail_shots needs inner_steps ≥ 2: k − 1, then the tail")
+        if name != "maml":
+            return
+        if tail is None:
+            raise ValueError("maml needs a query set: set tail_shots (examples held out per class)")
+        if self.inner_optimizer != "sgd":
+            raise ValueError(
+                "maml differentiates through the inner optimiser: use inner_optimizer sgd (as "
+                "MAML's paper); through Adam's 1/√v the float32 gradient is mostly rounding"
+            )
+        if self.compile_inner_loop:
+            raise ValueError("maml builds its own differentiable step: compile_inner_loop false")
+        if self.maml_graph > self.maml_max_graph:
+            raise ValueError(
+                f"maml holds the graph of {self.maml_graph:,} example-steps at once (inner_steps "
+                f"× inner_batch_size{self._maml_graph_factor}), over this service's limit of "
+                f"{self.maml_max_graph:,}: fewer inner steps or smaller batches"
+            )
+
+    _maml_graph_factor: ClassVar[str] = ""
+
     # The one place where the spec's fields become inner-loop configs (`reptile.inner`).
     def inner_config(self) -> "InnerConfig":
         """How a training task of a round is learnt: `inner_steps` mini-batches of
@@ -160,6 +227,12 @@ class _JobSpecBase(BaseModel):
 
         return InnerConfig(steps=self.eval_steps, lr=self.inner_lr, optimizer=self.inner_optimizer)
 
+    def algorithm_config(self) -> "AlgorithmConfig":
+        """How a training task becomes its meta-gradient (`reptile.algorithms`)."""
+        from reptile.algorithms import AlgorithmConfig
+
+        return AlgorithmConfig(self.algorithm, self.tail_shots or 0)
+
     def meta_config(self) -> "MetaConfig":
         from reptile.meta import MetaConfig
 
@@ -170,6 +243,7 @@ class _JobSpecBase(BaseModel):
             outer_lr_final=self.outer_lr_final,
             outer_optimizer=self.outer_optimizer,
             inner=self.inner_config(),
+            algorithm=self.algorithm_config(),
         )
 
 
@@ -184,9 +258,19 @@ class SineJobSpec(_JobSpecBase):
     shots: int = Field(default=50, ge=1, le=1000, description="Points per training task")
     eval_shots: int = Field(default=10, ge=1, le=1000, description="Shots per held-out task")
 
+    _maml_graph_factor: ClassVar[str] = " × meta_batch_size"
+
     @property
     def examples_per_task(self) -> int:
         return self.shots
+
+    @property
+    def classes_per_task(self) -> int:
+        return 1
+
+    @property
+    def maml_graph(self) -> int:
+        return self.meta_batch_size * self.inner_steps * self.inner_batch_size
 
     def eval_call_work(self) -> tuple[int, str]:
         # every held-out task adapts at once, in the controller (one stacked inner loop)
@@ -267,10 +351,15 @@ class _ImageJobSpec(_JobSpecBase):
     # classes suffice (the paper's 5-way and 20-way settings)
     final_ways: ClassVar[tuple[int, ...]] = (5, 20)
     eval_tasks_per_actor: ClassVar[int] = 25
+    maml_max_graph: ClassVar[int] = 250  # Omniglot's 28×28 Conv4: ~6 MB an example-step
 
     @property
     def examples_per_task(self) -> int:
         return self.ways * self.shots
+
+    @property
+    def classes_per_task(self) -> int:
+        return self.ways
 
     def eval_call_work(self) -> tuple[int, str]:
         # held-out tasks go to the actors in batches of at most `max_work` (`eval_batches`):
@@ -351,6 +440,7 @@ class ImageFolderJobSpec(_ImageJobSpec):
     task: Literal["image_folder"] = Field(description="Task family")
     shots: int = Field(default=5, ge=1, le=100, description="Images per class, training tasks")
     rounds: int = Field(default=2000, ge=1, le=1_000_000, description="Meta-updates")
+    maml_max_graph: ClassVar[int] = 60  # 84×84 images: ~4× Omniglot's memory an example-step
     eval_every: int = Field(default=1000, ge=0, le=1_000_000, description="Rounds between evals")
 
 

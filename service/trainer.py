@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from reptile.algorithms import AlgorithmConfig
 from reptile.inner import InnerConfig
 from reptile.meta import MetaOptimizer, meta_update
 from reptile.params import Params, from_numpy, init_params, to_numpy
@@ -37,7 +38,13 @@ class RoundRunner(Protocol):
     tasks (the Ray `WorkerPool`, or a stand-in in tests)."""
 
     def run_round(
-        self, phi: Params, seeds: list[int], config: InnerConfig, *, compile: bool
+        self,
+        phi: Params,
+        seeds: list[int],
+        config: InnerConfig,
+        *,
+        compile: bool,
+        algorithm: AlgorithmConfig,
     ) -> RoundOutput: ...
 
     def run_rounds(self, request: RoundsRequest) -> RoundsOutput: ...
@@ -212,12 +219,16 @@ class MetaTrainer:
             self.runner.keep(1)
 
     def _split_round(self) -> list[RoundNumbers]:
-        """One round: its tasks over the actors, Σ(W_i − φ) back, the meta-update here."""
+        """One round: its tasks over the actors, Σ_i d_i back, the meta-update here."""
         round_index, spec = self.round, self.spec
         # seeds: a function of (job seed, round) only, whatever the number of workers
         seeds = task_seeds(spec.seed, round_index, spec.meta_batch_size)
         result = self.runner.run_round(
-            self.phi, seeds, self.config.inner, compile=spec.compile_inner_loop
+            self.phi,
+            seeds,
+            self.config.inner,
+            compile=spec.compile_inner_loop,
+            algorithm=self.config.algorithm,
         )
         eps = meta_update(
             self.meta,

@@ -1,5 +1,6 @@
-"""The inner-loop actor: a thin, stateless shell around `reptile.inner.run_tasks` (a chunk of
-one round's tasks) and `reptile.rounds.run_rounds` (whole rounds, the meta-update included).
+"""The inner-loop actor: a thin, stateless shell around `reptile.algorithms.run_chunk` (a chunk
+of one round's tasks, as the job's algorithm turns them into meta-gradients) and
+`reptile.rounds.run_rounds` (whole rounds, the meta-update included).
 
 It holds only what can be rebuilt at any time (the task family, a model skeleton and the inner
 step of each inner configuration it has run, compiled once where the job asks), so a restarted
@@ -26,8 +27,9 @@ import ray
 import torch
 from torch import nn
 
+from reptile.algorithms import DEFAULT_ALGORITHM, AlgorithmConfig, run_chunk
 from reptile.evaluate import held_out_accuracies
-from reptile.inner import InnerConfig, InnerStep, batched_step, run_tasks
+from reptile.inner import InnerConfig, InnerStep, batched_step
 from reptile.meta import MetaConfig, MetaOptimizer
 from reptile.params import from_numpy, to_numpy
 from reptile.rounds import run_rounds
@@ -58,19 +60,20 @@ def unpack(data: bytes, kind: type[T]) -> T:
 class ChunkRequest:
     """One chunk's call: the seeds of its tasks, how to learn them (`config`; `compile`: with
     a compiled step), and φ when it is small enough to travel inline (a large φ comes from the
-    object store, as `run_chunk`'s own argument)."""
+    object store, as `run_chunk`'s own argument); `algorithm` turns each task into its d_i."""
 
     seeds: np.ndarray  # uint64, one buffer rather than a Python int per task
     config: InnerConfig
     phi: dict[str, np.ndarray] | None = None
     compile: bool = False
+    algorithm: AlgorithmConfig = DEFAULT_ALGORITHM
 
 
 @dataclass(frozen=True)
 class ChunkOutput:
     """A chunk's result in numpy form, on the CPU; `run_chunk` returns it packed."""
 
-    delta_sum: dict[str, np.ndarray]
+    delta_sum: dict[str, np.ndarray]  # Σ_i d_i = −Σ_i g_i (`reptile.meta`)
     count: int
     loss_before: np.ndarray  # (count,)
     loss_after: np.ndarray  # (count,)
@@ -170,14 +173,16 @@ class InnerLoopWorker:
         self.held_out: dict[str, tuple[FewShotFamily, nn.Module]] = {}
 
     def run_chunk(self, request: bytes, stored_phi: dict[str, np.ndarray] | None = None) -> bytes:
-        """Adapt φ to the tasks of a packed `ChunkRequest`; returns a packed `ChunkOutput`.
+        """Run the algorithm of a packed `ChunkRequest` on its tasks; returns a packed
+        `ChunkOutput`.
 
         φ is the request's own, or else `stored_phi` (an object-store argument, zero-copy).
         """
         start = time.perf_counter()
         call = unpack(request, ChunkRequest)
         phi = _phi_of(call.phi, stored_phi)
-        result = run_tasks(
+        result = run_chunk(
+            call.algorithm,
             self.family,
             self.model,
             from_numpy(phi),

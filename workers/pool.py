@@ -23,6 +23,7 @@ from ray.exceptions import GetTimeoutError, RayError
 from ray.util import get_current_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from reptile.algorithms import DEFAULT_ALGORITHM, AlgorithmConfig
 from reptile.inner import InnerConfig
 from reptile.params import Params, from_numpy, to_numpy, total
 from workers.actor import (
@@ -54,7 +55,7 @@ class PoolError(RuntimeError):
 class RoundOutput:
     """The gathered result of one round."""
 
-    delta_sum: Params  # Σ_i (W_i − φ) over all tasks of the round
+    delta_sum: Params  # Σ_i d_i over all tasks of the round (for Reptile Σ_i (W_i − φ))
     count: int
     loss_before: np.ndarray  # (count,) in seed order
     loss_after: np.ndarray  # (count,) in seed order
@@ -143,13 +144,19 @@ class WorkerPool:
         return self.actors[slot]
 
     def run_round(
-        self, phi: Params, seeds: list[int], config: InnerConfig, *, compile: bool = False
+        self,
+        phi: Params,
+        seeds: list[int],
+        config: InnerConfig,
+        *,
+        compile: bool = False,
+        algorithm: AlgorithmConfig = DEFAULT_ALGORITHM,
     ) -> RoundOutput:
         """Run every task of `seeds` from φ as `config` says (`compile`: each actor compiles
-        its step, once) and return Σ(W_i − φ) with per-task losses."""
+        its step, once) and return `algorithm`'s Σ_i d_i with per-task losses."""
         inline, stored = self._phi_args(phi)
         requests = [
-            pack(ChunkRequest(np.array(chunk, np.uint64), config, inline, compile))
+            pack(ChunkRequest(np.array(chunk, np.uint64), config, inline, compile, algorithm))
             for chunk in split(seeds, len(self.actors))
         ]
         outputs = [unpack(r, ChunkOutput) for r in self._run_chunks("run_chunk", requests, stored)]

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from reptile.algorithms import DEFAULT_ALGORITHM, AlgorithmConfig
 from reptile.inner import InnerConfig
 from reptile.params import Params, from_numpy, to_numpy
 from service.plots import Drawing
@@ -42,9 +43,17 @@ class InProcessRunner:
         return self.worker.family.batching
 
     def run_round(
-        self, phi: Params, seeds: list[int], config: InnerConfig, *, compile: bool = False
+        self,
+        phi: Params,
+        seeds: list[int],
+        config: InnerConfig,
+        *,
+        compile: bool = False,
+        algorithm: AlgorithmConfig = DEFAULT_ALGORITHM,
     ) -> RoundOutput:
-        request = ChunkRequest(np.array(seeds, np.uint64), config, to_numpy(phi), compile)
+        request = ChunkRequest(
+            np.array(seeds, np.uint64), config, to_numpy(phi), compile, algorithm
+        )
         output = unpack(self.worker.run_chunk(pack(request)), ChunkOutput)
         return RoundOutput(
             delta_sum=from_numpy(output.delta_sum),

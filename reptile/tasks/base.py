@@ -85,6 +85,12 @@ class TaskFamily(Protocol):
 
     def sample_task(self, seed: int) -> Task: ...
 
+    def tail_indices(self, tail_shots: int) -> Tensor:
+        """The indices (m,) of a training task's last `tail_shots` examples of each class (a
+        sine task's points are one class): what FOMAML's last step and MAML's query hold out
+        of the inner loop (`split_tail`)."""
+        ...
+
     def sample_tasks(self, seeds: list[int]) -> Task:
         """The tasks of `seeds`, the same as `sample_task` gives, stacked along a leading task
         dimension: inputs (tasks, n, …), targets (tasks, n, …)."""
@@ -103,3 +109,12 @@ def eval_task_seeds(count: int) -> list[int]:
     """The seeds of the fixed held-out evaluation tasks."""
     sequence = np.random.SeedSequence(entropy=EVAL_ENTROPY)
     return [int(s) for s in sequence.generate_state(count, dtype=np.uint64)]
+
+
+def split_tail(family: TaskFamily, points: int, tail_shots: int) -> tuple[Tensor, Tensor]:
+    """The indices of a training task's `points` examples that its inner loop draws from, and
+    those of its tail (`TaskFamily.tail_indices`), both ascending."""
+    tail = family.tail_indices(tail_shots)
+    held = torch.zeros(points, dtype=torch.bool)
+    held[tail] = True
+    return torch.nonzero(~held).flatten(), tail

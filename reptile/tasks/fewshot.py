@@ -249,6 +249,13 @@ class FewShotFamily:
     ) -> tuple[Params, Tensor]:
         raise ValueError(f"{self.name}: Conv4 takes one task's weights at a time, never stacked")
 
+    def tail_indices(self, tail_shots: int) -> Tensor:
+        # a training task's images are class-major, `shots` per class (`sample_task`)
+        if not 0 < tail_shots < self.shots:
+            raise ValueError(f"tail_shots must be in 1..{self.shots - 1}, got {tail_shots}")
+        last = torch.arange(self.shots - tail_shots, self.shots)
+        return (torch.arange(self.ways).unsqueeze(1) * self.shots + last).flatten()
+
     def sample_task(self, seed: int) -> Task:
         images = self._draw(torch.Generator().manual_seed(seed), self.shots)
         return Task(inputs=images.flatten(0, 1), targets=self._labels(self.shots))

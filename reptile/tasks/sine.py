@@ -110,6 +110,12 @@ class SineFamily:
                 upstream.mul_(1 - layer_input.square())
         return {name: grads[name] for name in weights}, losses
 
+    def tail_indices(self, tail_shots: int) -> Tensor:
+        # a task's points are i.i.d.: its last ones are as good a tail as any
+        if not 0 < tail_shots < self.shots:
+            raise ValueError(f"tail_shots must be in 1..{self.shots - 1}, got {tail_shots}")
+        return torch.arange(self.shots - tail_shots, self.shots)
+
     def wave(self, seed: int) -> SineWave:
         """The sine function behind the task with this seed."""
         wave, _ = _wave_and_inputs(seed, 0)

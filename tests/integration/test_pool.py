@@ -10,8 +10,9 @@ import ray
 import torch
 from ray.util.placement_group import placement_group, remove_placement_group
 
+from reptile.algorithms import AlgorithmConfig, run_chunk
 from reptile.evaluate import held_out_accuracies
-from reptile.inner import InnerConfig, InnerOptimizer, run_tasks
+from reptile.inner import InnerConfig, InnerOptimizer
 from reptile.meta import MetaConfig, MetaOptimizer, OuterOptimizer, epsilon, meta_update
 from reptile.params import Params, from_numpy, init_params, scale, to_numpy
 from reptile.serial import train_serial
@@ -34,7 +35,9 @@ def _distributed(
     meta = MetaOptimizer(init_params(FAMILY.make_model(), seed), config.outer_optimizer)
     for r in range(config.rounds):
         seeds = task_seeds(seed, r, config.meta_batch_size)
-        out = pool.run_round(meta.phi, seeds, config.inner, compile=compile)
+        out = pool.run_round(
+            meta.phi, seeds, config.inner, compile=compile, algorithm=config.algorithm
+        )
         assert out.count == config.meta_batch_size
         meta.step(scale(out.delta_sum, 1 / out.count), epsilon(r, config))
     return meta.phi
@@ -54,14 +57,26 @@ def test_split_keeps_order_and_sizes() -> None:
     assert split([1, 2], 3) == [[1], [2]]
 
 
-@pytest.mark.parametrize("inner_optimizer", ["sgd", "adam"])
-def test_same_phi_as_the_serial_loop_with_1_2_3_actors(inner_optimizer: InnerOptimizer) -> None:
+@pytest.mark.parametrize(
+    ("inner_optimizer", "algorithm"),
+    [
+        ("sgd", AlgorithmConfig()),
+        ("adam", AlgorithmConfig()),
+        ("adam", AlgorithmConfig("fomaml", tail_shots=10)),
+        ("sgd", AlgorithmConfig("maml", tail_shots=10)),
+    ],
+    ids=["reptile-sgd", "reptile-adam", "fomaml-adam", "maml-sgd"],
+)
+def test_same_phi_as_the_serial_loop_with_1_2_3_actors(
+    inner_optimizer: InnerOptimizer, algorithm: AlgorithmConfig
+) -> None:
     lr = 0.02 if inner_optimizer == "sgd" else 0.003
     config = MetaConfig(
         rounds=5,
         meta_batch_size=7,
-        outer_lr=1.0,
+        outer_lr=1.0 if algorithm.name != "maml" else 0.01,  # MAML's d_i is a raw gradient
         inner=InnerConfig(steps=5, batch_size=10, lr=lr, optimizer=inner_optimizer),
+        algorithm=algorithm,
     )
     reference = train_serial(FAMILY, config, seed=11)
     for workers in (1, 2, 3):
@@ -100,8 +115,19 @@ def test_a_killed_actor_is_replaced_and_the_round_is_unchanged() -> None:
     assert pool.node_ids == {ray.get_runtime_context().get_node_id()}  # the one local node
 
 
-@pytest.mark.parametrize("outer_optimizer", ["sgd", "adam"])
-def test_whole_rounds_in_one_actor_reach_the_serial_phi(outer_optimizer: OuterOptimizer) -> None:
+@pytest.mark.parametrize(
+    ("outer_optimizer", "algorithm"),
+    [
+        ("sgd", AlgorithmConfig()),
+        ("adam", AlgorithmConfig()),
+        ("sgd", AlgorithmConfig("fomaml", tail_shots=10)),
+        ("sgd", AlgorithmConfig("maml", tail_shots=10)),
+    ],
+    ids=["reptile-sgd", "reptile-adam", "fomaml-sgd", "maml-sgd"],
+)
+def test_whole_rounds_in_one_actor_reach_the_serial_phi(
+    outer_optimizer: OuterOptimizer, algorithm: AlgorithmConfig
+) -> None:
     """`in_actor` execution: rounds in calls of 1, 2 and 3, the outer optimiser's state going
     back and forth, a killed actor's call run again from the same φ, give the φ of split rounds
     in one process exactly, and the serial loop's to rounding (with SGD: Adam's division by √v
@@ -109,14 +135,16 @@ def test_whole_rounds_in_one_actor_reach_the_serial_phi(outer_optimizer: OuterOp
     config = MetaConfig(
         rounds=6,
         meta_batch_size=5,
-        outer_lr=1.0 if outer_optimizer == "sgd" else 0.01,
+        outer_lr=1.0 if outer_optimizer == "sgd" and algorithm.name != "maml" else 0.01,
         inner=SCHULMAN,
         outer_optimizer=outer_optimizer,
+        algorithm=algorithm,
     )
     model = FAMILY.make_model()
     split = MetaOptimizer(init_params(model, 4), outer_optimizer)
     for r in range(config.rounds):
-        result = run_tasks(FAMILY, model, split.phi, task_seeds(4, r, 5), config.inner)
+        seeds = task_seeds(4, r, 5)
+        result = run_chunk(algorithm, FAMILY, model, split.phi, seeds, config.inner)
         meta_update(split, result.delta_sum, result.count, result.loss_after, r, config)
     meta = MetaOptimizer(init_params(model, 4), outer_optimizer)
     pool = WorkerPool(task="sine", task_options={}, num_workers=2)

@@ -96,13 +96,14 @@ def test_vectorised_steps_give_each_task_the_weights_of_adapt(
     tasks = [FAMILY.sample_task(s) for s in seeds]
     batches = torch.stack([minibatch_indices(50, 8, 10, s) for s in seeds])  # (tasks, steps, batch)
     config = InnerConfig(steps=8, lr=lr, optimizer=optimizer, batch_size=10)
-    stacked, losses = adapt_tasks(
+    descent = adapt_tasks(
         make_step(batched_gradient(SineFamily(batching=batching), model), config),
         phi,
         torch.stack([t.inputs for t in tasks]),
         torch.stack([t.targets for t in tasks]),
-        batches,
+        batches.unbind(1),  # each step's (tasks, batch)
     )
+    stacked, losses = descent.final, descent.losses
     assert len(losses) == 8 and losses[0].shape == (len(tasks),)
     for i, task in enumerate(tasks):
         single = adapt(model, phi, task, config, loss_fn=FAMILY.loss, seed=seeds[i])

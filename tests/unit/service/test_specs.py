@@ -60,6 +60,41 @@ def test_gpus_per_worker_is_a_fraction_of_one_gpu_or_whole_gpus() -> None:
         ),
         ({"gpus_per_worker": 1.5}, "above 1 it must be a whole number"),
         ({"gpus_per_worker": -0.5}, "greater than or equal to 0"),
+        ({"algorithm": "anil"}, "'reptile', 'fomaml' or 'maml'"),
+        ({"tail_shots": 5}, "tail_shots is for fomaml and maml"),
+        ({"algorithm": "maml"}, "maml needs a query set: set tail_shots"),
+        ({"algorithm": "fomaml", "tail_shots": 50}, "fewer than the 50 per class"),
+        ({"algorithm": "fomaml", "tail_shots": 45}, "less the 45 of its tail"),
+        ({"algorithm": "fomaml", "tail_shots": 5, "inner_steps": 1}, "needs inner_steps ≥ 2"),
+        (
+            {"algorithm": "maml", "tail_shots": 5, "inner_optimizer": "adam"},
+            "use inner_optimizer sgd",
+        ),
+        (
+            {"algorithm": "maml", "tail_shots": 5, "compile_inner_loop": True},
+            "compile_inner_loop false",
+        ),
+        (
+            {"algorithm": "maml", "tail_shots": 5, "meta_batch_size": 300, "inner_steps": 40},
+            "maml holds the graph of 120,000 example-steps at once (inner_steps × "
+            "inner_batch_size × meta_batch_size), over this service's limit of 100,000",
+        ),
+        (
+            {"task": "omniglot", "data": "x", "algorithm": "maml", "tail_shots": 2},
+            "use inner_optimizer sgd",
+        ),
+        (
+            {
+                "task": "omniglot",
+                "data": "x",
+                "algorithm": "maml",
+                "tail_shots": 2,
+                "inner_optimizer": "sgd",
+                "inner_steps": 30,
+            },
+            "maml holds the graph of 300 example-steps at once (inner_steps × "
+            "inner_batch_size), over this service's limit of 250",
+        ),
         (  # 40 names of 200 characters: each field is an MLflow param, which MLflow refuses
             {"task": "omniglot", "data": "x", "held_out": ["a" * 200] * 40},
             "held_out takes 8,160 characters as an MLflow param, over MLflow's limit of 6,000",
@@ -94,3 +129,11 @@ def test_a_20_way_image_job_runs_on_its_defaults() -> None:
 
 def test_the_ways_limit_is_the_models() -> None:
     assert MAX_WAYS == fewshot.MAX_WAYS
+
+
+def test_the_algorithm_and_its_tail_reach_the_meta_config() -> None:
+    assert SineJobSpec().meta_config().algorithm.name == "reptile"
+    config = parse_spec({"algorithm": "maml", "tail_shots": 10}).meta_config().algorithm
+    assert (config.name, config.tail_shots) == ("maml", 10)
+    image = parse_spec({"task": "omniglot", "data": "x", "algorithm": "fomaml", "tail_shots": 5})
+    assert image.meta_config().algorithm.tail_shots == 5  # 5 of 10 shots a class: batch 10 fits

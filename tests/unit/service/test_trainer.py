@@ -7,7 +7,8 @@ from typing import Any
 import pytest
 import torch
 
-from reptile.inner import InnerConfig, run_tasks
+from reptile.algorithms import AlgorithmConfig, run_chunk
+from reptile.inner import InnerConfig
 from reptile.params import Params, to_numpy
 from reptile.serial import train_serial
 from reptile.tasks import eval_task_seeds, make_family
@@ -42,10 +43,16 @@ class InProcessRunner:
         self.kept: int | None = None
 
     def run_round(
-        self, phi: Params, seeds: list[int], config: InnerConfig, *, compile: bool
+        self,
+        phi: Params,
+        seeds: list[int],
+        config: InnerConfig,
+        *,
+        compile: bool,
+        algorithm: AlgorithmConfig,
     ) -> RoundOutput:
         self.rounds += 1
-        result = run_tasks(self.family, self.model, phi, seeds, config)
+        result = run_chunk(algorithm, self.family, self.model, phi, seeds, config)
         delta = result.delta_sum
         if self.rounds == self.poison_round:
             delta = {n: t * float("nan") for n, t in delta.items()}
