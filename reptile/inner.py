@@ -220,8 +220,8 @@ def batched_step(
 class ChunkResult:
     """What a worker returns for a chunk of tasks: Σ_i d_i, the count, per-task losses.
 
-    d_i is task i's meta-direction, minus its meta-gradient estimate g_i (`reptile.meta`): for
-    Reptile W_i − φ, so the name.
+    d_i = −g_i is task i's meta-direction, the negative of its meta-gradient estimate g_i
+    (`reptile.meta`): for Reptile W_i − φ, hence the name `delta_sum`.
 
     The losses are on each task's first inner mini-batch: φ's comes free with the first inner
     step, and W_i's costs one forward pass (less than scoring all of a task's points).
@@ -247,7 +247,9 @@ class ChunkTasks:
         """The same chunk with one more inner step, on every task's tail."""
         if self.tail is None:
             raise ValueError("this chunk holds no tail out of its inner loop")
-        return ChunkTasks(self.inputs, self.targets, [*self.batches, self.tail], self.phi)
+        return ChunkTasks(
+            self.inputs, self.targets, [*self.batches, self.tail], self.phi, self.tail
+        )
 
 
 def chunk_tasks(
