@@ -144,7 +144,12 @@ def compare(
     for first in rows[1:]:
         rounds = max(1, round(budget * first["tasks_per_s"] / first["tasks"] * first["rounds"]))
         fields = variants[first["algorithm"]]
-        body = {**common, **fields, "rounds": rounds, "name": f"compare-{family}-time"}
+        body = {
+            **common,
+            **fields,
+            "rounds": rounds,
+            "name": f"compare-{family}-{first['algorithm']}-time",
+        }
         row = run(client, body, eval_tasks)
         row |= {"family": family, "algorithm": first["algorithm"], "budget": "equal time"}
         row["peak_rss_mib"] = first["peak_rss_mib"]

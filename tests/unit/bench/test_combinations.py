@@ -1,0 +1,23 @@
+"""The gradient-combination bench's meta-directions: all four steps are Reptile's, the last
+alone is FOMAML's."""
+
+import torch
+
+from bench.combinations import INNER, combined_direction
+from reptile.algorithms import AlgorithmConfig, run_chunk
+from reptile.params import init_params
+from reptile.tasks.sine import SineFamily
+
+
+def test_all_steps_are_reptile_and_the_last_alone_is_fomaml() -> None:
+    family = SineFamily()
+    model = family.make_model()
+    phi = init_params(model, 1)
+    seeds = [3, 4, 5]
+    for used, algorithm in (((1, 2, 3, 4), "reptile"), ((4,), "fomaml")):
+        direction = combined_direction(family, model, phi, seeds, used)
+        expected = run_chunk(AlgorithmConfig(algorithm), family, model, phi, seeds, INNER)
+        for name in phi:
+            assert torch.allclose(direction[name], expected.delta_sum[name], atol=1e-6), name
+    first = combined_direction(family, model, phi, seeds, (1,))
+    assert not torch.allclose(first["4.weight"], direction["4.weight"])
