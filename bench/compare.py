@@ -28,6 +28,7 @@ from typing import Any
 import httpx
 import numpy as np
 import torch
+from mlflow import MlflowClient
 from safetensors.torch import load
 
 from bench.server import run_job, running_server
@@ -124,6 +125,27 @@ def run(client: httpx.Client, body: dict[str, Any], eval_tasks: int) -> dict[str
     return row
 
 
+def initialisation(tracking_uri: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The scores of φ's random initialisation (the same seed for every job): sine from φ
+    itself, Omniglot from the first job's round-0 evaluation in its MLflow run."""
+    row: dict[str, Any] = {"family": rows[0]["family"], "algorithm": "init", "budget": "-"}
+    row |= {"rounds": 0, "seconds": 0.0, "tasks_per_s": 0.0, "peak_rss_mib": 0.0}
+    if row["family"] == "sine":
+        row["mse"], row["mse_ci"] = sine_mse(
+            init_params(SineJobSpec().family().make_model(), 0), 100
+        )
+        return row
+    client = MlflowClient(tracking_uri)
+    for k in (1, 5):
+        for key, metric in (
+            (f"acc{k}", f"eval_acc_5w{k}s"),
+            (f"acc{k}_ci", f"eval_acc_5w{k}s_ci95"),
+        ):
+            history = client.get_metric_history(rows[0]["run_id"], metric)
+            row[key] = next(m.value for m in history if m.step == 0)
+    return row
+
+
 def compare(
     client: httpx.Client,
     family: str,
@@ -194,14 +216,16 @@ def main() -> None:
     data_dir = Path(tempfile.mkdtemp(prefix="reptile-compare-"))
     started = time.perf_counter()
     with running_server(data_dir) as server, server.client() as client:
+        tracking = server.tracking_uri
         rows = compare(client, "sine", sine, SINE, 100, None)
+        rows.insert(0, initialisation(tracking, rows))
         if args.data.exists():
             # the prepared file the actors read, as the server prepares it at submission
             dataset = str(prepare_omniglot(args.data, data_dir / "prepared"))
-            rows += compare(client, "omniglot", omniglot, OMNIGLOT, 0, dataset)
+            images = compare(client, "omniglot", omniglot, OMNIGLOT, 0, dataset)
+            rows += [initialisation(tracking, images), *images]
         else:
             print(f"no Omniglot data at {args.data}: sine only")
-        tracking = server.tracking_uri
     print(table(rows))
     print(f"{len(rows)} jobs in {time.perf_counter() - started:.0f} s; MLflow runs at {tracking}")
     for family in dict.fromkeys(r["family"] for r in rows):
