@@ -4,7 +4,7 @@ alone is FOMAML's."""
 import torch
 
 from bench.combinations import INNER, combined_direction
-from reptile.algorithms import AlgorithmConfig, run_chunk
+from reptile.algorithms import AlgorithmConfig, AlgorithmName, run_chunk
 from reptile.params import init_params
 from reptile.tasks.sine import SineFamily
 
@@ -14,7 +14,11 @@ def test_all_steps_are_reptile_and_the_last_alone_is_fomaml() -> None:
     model = family.make_model()
     phi = init_params(model, 1)
     seeds = [3, 4, 5]
-    for used, algorithm in (((1, 2, 3, 4), "reptile"), ((4,), "fomaml")):
+    cases: list[tuple[tuple[int, ...], AlgorithmName]] = [
+        ((1, 2, 3, 4), "reptile"),
+        ((4,), "fomaml"),
+    ]
+    for used, algorithm in cases:
         direction = combined_direction(family, model, phi, seeds, used)
         expected = run_chunk(AlgorithmConfig(algorithm), family, model, phi, seeds, INNER)
         for name in phi:
