@@ -107,8 +107,8 @@ class FewShotEvaluation:
         self.seeds = eval_task_seeds(self.spec.eval_tasks)
 
     def held_out_settings(self, final: bool) -> list[tuple[int, int]]:
-        """(ways, shots) scored: the job's ways; at the end also `final_ways` (5 and 20, the
-        paper's), where the held-out split has the classes."""
+        """(ways, shots) scored: the job's ways; at the end also the job's `final_ways`
+        (default 5 and 20, the paper's), where the held-out split has the classes."""
         spec, ways = self.spec, {self.spec.ways}
         if final:
             ways |= {w for w in spec.final_ways if w <= self.shown.num_classes}

@@ -344,12 +344,15 @@ class _ImageJobSpec(_JobSpecBase):
         description="Most held-out tasks per setting in the final evaluation, drawn until the "
         "95 % CI half-width is at most 1 point",
     )
+    final_ways: list[Annotated[int, Field(ge=2, le=MAX_WAYS)]] = Field(
+        default=[5, 20],
+        max_length=4,
+        description="Ways the final evaluation scores beside the job's own, where the held-out "
+        "classes suffice (default: the paper's 5 and 20; [] for the job's ways only)",
+    )
 
     # a Conv4 step costs far more than an MLP step per example
     max_work: ClassVar[int] = 200_000
-    # the final evaluation scores these ways too, beside the job's own, where the held-out
-    # classes suffice (the paper's 5-way and 20-way settings)
-    final_ways: ClassVar[tuple[int, ...]] = (5, 20)
     eval_tasks_per_actor: ClassVar[int] = 25
     maml_max_graph: ClassVar[int] = 250  # Omniglot's 28×28 Conv4: ~6 MB an example-step
 
@@ -364,7 +367,7 @@ class _ImageJobSpec(_JobSpecBase):
     def eval_call_work(self) -> tuple[int, str]:
         # held-out tasks go to the actors in batches of at most `max_work` (`eval_batches`):
         # the largest piece is one task of the final evaluation's widest setting
-        ways = max(self.ways, *self.final_ways)
+        ways = max([self.ways, *self.final_ways])
         work = self.eval_steps * ways * max(self.eval_shots)
         return work, (
             f"one held-out task of eval_steps × {ways} ways × {max(self.eval_shots)} shots"

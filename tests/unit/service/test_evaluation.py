@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 
+from bench.throughput.inprocess import InProcessRunner
 from reptile.inner import InnerConfig
-from reptile.params import Params, init_params, to_numpy
+from reptile.params import Params, init_params
 from reptile.tasks import eval_task_seeds
 from reptile.tasks.fewshot import ImageSet, fewshot_model
 from service.evaluation import FINAL_BATCH, FewShotEvaluation
 from service.specs import OmniglotJobSpec
-from workers.actor import HeldOutOutput, HeldOutRequest, InnerLoopWorker, pack, unpack
 
 HELD_OUT_CLASSES = 24  # enough for 20-way held-out tasks
 
@@ -39,7 +39,7 @@ class Scorer:
     """The actor's own `score_held_out`, in this process; records each call's tasks."""
 
     def __init__(self, spec: OmniglotJobSpec, dataset: str) -> None:
-        self.worker = InnerLoopWorker(spec.task, spec.task_options(dataset))
+        self.runner = InProcessRunner(spec.task, spec.task_options(dataset))
         self.calls: list[tuple[int, int, int]] = []  # (ways, shots, tasks)
 
     def __call__(
@@ -51,10 +51,7 @@ class Scorer:
         transductive: bool,
     ) -> list[float]:
         self.calls.append((family["ways"], family["eval_shots"], len(seeds)))
-        request = HeldOutRequest(
-            np.array(seeds, np.uint64), family, config, transductive, to_numpy(phi)
-        )
-        return unpack(self.worker.score_held_out(pack(request)), HeldOutOutput).accuracies.tolist()
+        return self.runner.score_held_out(phi, seeds, family, config, transductive)
 
 
 def test_the_final_evaluation_scores_5_and_20_ways_to_a_tight_ci(dataset: str) -> None:
@@ -101,3 +98,30 @@ def test_the_final_evaluation_scores_5_and_20_ways_to_a_tight_ci(dataset: str) -
     seeds = eval_task_seeds(spec.final_eval_tasks)
     accuracies = score(phi, seeds, options, spec.eval_config(), spec.transductive)
     assert final["eval_acc_3w1s"] == pytest.approx(np.mean(accuracies))
+
+
+@pytest.mark.parametrize(("final_ways", "ways"), [([4], {3, 4}), ([], {3}), ([3, 50], {3})])
+def test_the_final_evaluation_scores_the_jobs_final_ways_that_the_held_out_classes_hold(
+    dataset: str, final_ways: list[int], ways: set[int]
+) -> None:
+    spec = OmniglotJobSpec(
+        task="omniglot",
+        data="unused",
+        ways=3,
+        shots=1,
+        inner_batch_size=3,
+        queries=1,
+        eval_shots=[1],
+        held_out=["test"],
+        rounds=1,
+        eval_tasks=2,
+        eval_steps=1,
+        final_eval_tasks=2,
+        final_ways=final_ways,
+    )
+    score = Scorer(spec, dataset)
+    final, _ = FewShotEvaluation(spec, dataset, score)(init_params(fewshot_model(3, 1, 28), 0), 1)
+    assert {w for w, _, _ in score.calls} == ways  # 50 ways: more than the 24 held-out classes
+    assert {name for name in final if name.startswith("eval_acc_")} == {
+        f"eval_acc_{w}w1s{ci}" for w in ways for ci in ("", "_ci95")
+    }
