@@ -1,6 +1,5 @@
 """Meta-training jobs: submit, list, follow (status and SSE), cancel, resume, weights."""
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Annotated
 
@@ -9,6 +8,7 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from api import errors
 from api.deps import ControllerDep
+from api.progress import progress_events
 from api.routes.weights import WEIGHTS_RESPONSES, WeightsFormat, weights_response
 from api.schemas import JobCreate, JobPublic, JobsPublic
 from service.controller import Controller
@@ -61,18 +61,13 @@ async def job_events(
     job_id: Annotated[str, Depends(_existing_job)], controller: ControllerDep
 ) -> AsyncIterator[ServerSentEvent]:
     """`progress` events (the job record) whenever the round or state changes, then `end`."""
-    last = None
-    while True:
-        record = controller.get(job_id)
-        key = (record.state, record.round, record.mlflow.run_id, record.mlflow.status)
-        if key != last:
-            last = key
-            public = _public(record, controller)
-            yield ServerSentEvent(data=public.model_dump(mode="json"), event="progress")
-        if record.state.terminal:
-            yield ServerSentEvent(data={"id": job_id, "state": record.state.value}, event="end")
-            return
-        await asyncio.sleep(EVENT_POLL_S)
+    async for event in progress_events(
+        lambda: controller.get(job_id),
+        lambda record: (record.state, record.round, record.mlflow.run_id, record.mlflow.status),
+        lambda record: _public(record, controller),
+        EVENT_POLL_S,
+    ):
+        yield event
 
 
 @router.get("/{job_id}/weights", responses=WEIGHTS_RESPONSES, response_class=Response)

@@ -1,6 +1,5 @@
 """Hyperparameter sweeps on Ray Tune: submit, list, follow (status and SSE), cancel, resume."""
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Annotated
 
@@ -9,6 +8,7 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from api import errors
 from api.deps import SweepsDep
+from api.progress import progress_events
 from api.schemas import SweepCreate, SweepPublic, SweepsPublic
 from service.records import SweepRecord
 from service.sweeps import Sweeps
@@ -60,15 +60,14 @@ async def sweep_events(
     sweep_id: Annotated[str, Depends(_existing_sweep)], sweeps: SweepsDep
 ) -> AsyncIterator[ServerSentEvent]:
     """`progress` events (the sweep record) whenever its state or a trial changes, then `end`."""
-    last = None
-    while True:
-        record = sweeps.get(sweep_id)
-        key = (record.state, [(t.state, t.round) for t in record.trials], record.mlflow.run_id)
-        if key != last:
-            last = key
-            public = _public(record, sweeps)
-            yield ServerSentEvent(data=public.model_dump(mode="json"), event="progress")
-        if record.state.terminal:
-            yield ServerSentEvent(data={"id": sweep_id, "state": record.state.value}, event="end")
-            return
-        await asyncio.sleep(EVENT_POLL_S)
+    async for event in progress_events(
+        lambda: sweeps.get(sweep_id),
+        lambda record: (
+            record.state,
+            [(t.state, t.round) for t in record.trials],
+            record.mlflow.run_id,
+        ),
+        lambda record: _public(record, sweeps),
+        EVENT_POLL_S,
+    ):
+        yield event
